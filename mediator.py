@@ -104,6 +104,15 @@ class EventHandler(IEventHandler[_EventT_contra], abc.ABC):
         """React to `event`; an exception reaches the code that published it."""
 
 
+@final
+class _NoEvent:
+    # mypy refuses a protocol class, IEvent itself included, where a plain `type[X]` parameter
+    # is expected ("Only concrete class can be given", mypy issue 4717), yet binding to IEvent
+    # or to a protocol base is how one handler reaches many events. A union turns that check
+    # off; its other member is this class, which no caller can name, so nothing else gets in.
+    __slots__ = ()
+
+
 class MediatorError(Exception):
     """Base class of the errors that this module raises for misuse of a registry."""
 
@@ -122,7 +131,7 @@ class _Dispatch:
     # checkers let a subclass of the declaring class, and no other class, read `_resolved`.
     __slots__ = ("_resolved",)
 
-    _resolved: dict[type[IEvent], tuple[type[IEventHandler[Any]], ...]]
+    _resolved: dict[type, tuple[type[IEventHandler[Any]], ...]]
 
 
 def _check_event_type(event_type: object, /) -> None:
@@ -154,7 +163,7 @@ class EventRegistry(_Dispatch):
     def __init__(self) -> None:
         # The handlers' event types are erased in storage; `bind` checks them, and every lookup
         # goes through a class that the handlers were bound to or one of its subclasses.
-        self._bindings: dict[type[IEvent], list[type[IEventHandler[Any]]]] = {}
+        self._bindings: dict[type, list[type[IEventHandler[Any]]]] = {}
         # Cleared in place, never replaced: every `Mediator` of this registry reads this dict.
         self._resolved = {}
         self._frozen = False
@@ -173,7 +182,7 @@ class EventRegistry(_Dispatch):
 
     def bind(
         self,
-        event_type: type[_EventT],
+        event_type: type[_EventT] | type[_NoEvent],
         handler_types: Sequence[type[IEventHandler[_EventT]]],
         /,
     ) -> Self:
@@ -190,7 +199,7 @@ class EventRegistry(_Dispatch):
                 f"bind takes a list of handler classes; got {handler_types!r} for "
                 f"{event_type.__qualname__}; write [{getattr(handler_types, '__qualname__', '...')}]"
             )
-        bound = self._bindings.get(event_type, [])
+        bound: list[type[IEventHandler[Any]]] = self._bindings.get(event_type, [])
         seen = set(bound)
         added: list[type[IEventHandler[Any]]] = []
         for handler_type in handler_types:
@@ -238,7 +247,7 @@ class EventRegistry(_Dispatch):
         return self
 
     def handlers_for(
-        self, event_type: type[_EventT], /
+        self, event_type: type[_EventT] | type[_NoEvent], /
     ) -> tuple[type[IEventHandler[_EventT]], ...]:
         """The handler classes that a publish of an instance of exactly `event_type` runs.
 
