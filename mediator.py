@@ -311,9 +311,12 @@ def _check_handler_type(handler_type: object, event_type: type, /) -> None:
         raise TypeError(f"handler {name} {where} is abstract; implement {missing}")
 
 
-def _failures(event: IEvent, errors: list[Exception], handlers: int, /) -> ExceptionGroup[Exception]:
+def _failures(
+    event: IEvent, errors: Sequence[BaseException], handlers: int, /
+) -> BaseExceptionGroup[BaseException]:
+    # BaseExceptionGroup(...) makes an ExceptionGroup when every error is an Exception.
     event_type = type(event).__qualname__
-    return ExceptionGroup(f"{len(errors)} of {handlers} handlers of {event_type} failed", errors)
+    return BaseExceptionGroup(f"{len(errors)} of {handlers} handlers of {event_type} failed", errors)
 
 
 def _check_fail_fast(fail_fast: object, /) -> None:
@@ -365,16 +368,20 @@ class SequentialEventPublisher:
 class GroupEventPublisher:
     """Runs the handlers concurrently in an `asyncio.TaskGroup`, at most `max_concurrency` at once.
 
-    Every handler starts; with `fail_fast=True` the first failure cancels the others. Any
-    failure propagates as an `ExceptionGroup` (also for a single handler, so `except*` always
-    works): with `fail_fast=False` after every handler finished, holding their exceptions in
-    handler order. Cancelling the caller cancels the handlers; when `__call__` returns or raises,
-    no task it started is alive. `KeyboardInterrupt` and `SystemExit` propagate bare, as from a
-    TaskGroup; so does a handler's own `CancelledError`, once the other handlers finished.
+        publisher = GroupEventPublisher(max_concurrency=8, fail_fast=False)
 
-    The first handlers run in the caller's task and the others in tasks of their own, each with
-    a copy of the caller's context: a `ContextVar` that a handler sets may or may not be seen by
-    the caller, so share state through the event or the handlers' dependencies instead.
+    Handlers start in bind order. With `fail_fast=True` the first failure cancels the others;
+    with `fail_fast=False` every handler runs to its end. Failures then propagate as one
+    exception group, even a single failure, so that `except*` always works: an `ExceptionGroup`
+    (a `BaseExceptionGroup` if a `BaseException` is among them), in handler order when
+    `fail_fast=False`. `CancelledError`, `KeyboardInterrupt` and `SystemExit` propagate bare; a
+    handler's own `CancelledError` raised in a child task does so once the others finished.
+    Cancelling the caller cancels every running handler, and no task started outlives the call.
+
+    The first handler runs in the caller's task, the others in child tasks that each get a copy
+    of the caller's context, as TaskGroup gives them: do not count on a `ContextVar` that one
+    handler sets being seen by another or by the caller. With `max_concurrency=k`, k workers
+    (the caller's task and k - 1 child tasks) take the handlers one after another.
     """
 
     __slots__ = ("_max_concurrency", "_fail_fast")
@@ -411,7 +418,9 @@ class GroupEventPublisher:
             # One worker needs no task: running it here saves a task and a loop iteration.
             try:
                 await _drain(pending, event, errors)
-            except Exception as error:
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as error:
                 raise _failures(event, [error], count) from None
         else:
             try:
@@ -420,14 +429,17 @@ class GroupEventPublisher:
                         # Measured: a task per handler with no worker around it, and the first
                         # handler in the caller's task, beat a hand-written TaskGroup.
                         tasks = [group.create_task(h.handle(event)) for h in handlers[1:]]
-                        await handlers[0].handle(event)
+                        try:
+                            await handlers[0].handle(event)
+                        except Exception as error:
+                            _fail_after_the_others_start(group, error)
                     else:
                         tasks = [
                             group.create_task(_drain(pending, event, errors))
                             for _ in range(workers - 1)
                         ]
                         await _drain(pending, event, errors)
-            except ExceptionGroup as group_error:
+            except BaseExceptionGroup as group_error:
                 raise _failures(event, list(group_error.exceptions), count) from None
             for task in tasks:
                 if task.cancelled():
@@ -459,13 +471,31 @@ async def _drain(
     # Workers share one iterator, so each handler runs once and a worker that finishes early
     # takes the next handler.
     for index, handler in pending:
-        if errors is None:
-            await handler.handle(event)
-            continue
         try:
             await handler.handle(event)
         except Exception as error:
+            if errors is None:
+                # Failing fast: once a handler failed, no worker may start another one.
+                for _ in pending:
+                    pass
+                raise
             errors.append((index, error))
+
+
+def _fail_after_the_others_start(group: asyncio.TaskGroup, error: Exception, /) -> None:
+    # In a TaskGroup every handler starts before a failure cancels the others. The first handler
+    # runs in the caller's task, before the others' tasks had their first step, so its failure
+    # goes to the group from a task created after theirs, which keeps that true.
+    task = asyncio.current_task()
+    assert task is not None, "a TaskGroup runs in a task"
+    if task.cancelling():
+        # The group is already aborting and refuses new tasks; the error joins it from here.
+        raise error
+
+    async def fail() -> None:
+        raise error
+
+    group.create_task(fail())
 
 
 class _Resolve(Protocol):

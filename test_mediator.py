@@ -1,15 +1,20 @@
 """The contract of mediator.py, section by section, with plain asyncio and pytest."""
 
+import ast
 import asyncio
 import contextvars
 import gc
+import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 import tracemalloc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -80,6 +85,11 @@ def recording(
 
     Recording.__name__ = Recording.__qualname__ = name
     return Recording
+
+
+def unchecked(value: object) -> Any:
+    """`value`, hidden from the type checkers, to test what the runtime does with misuse."""
+    return value
 
 
 def build(handler_type: type[_T], /) -> _T:
@@ -190,15 +200,15 @@ def test_publish_with_no_handlers_never_calls_the_publisher() -> None:
 def test_publish_rejects_an_event_class_instead_of_an_instance(make: MakeMediator) -> None:
     mediator = make(EventRegistry().bind(OrderPlaced, [recording([], "a")]))
     with pytest.raises(TypeError, match=r"got the class OrderPlaced; publish OrderPlaced\(\.\.\.\)"):
-        asyncio.run(mediator.publish(OrderPlaced))  # type: ignore[arg-type]
+        asyncio.run(mediator.publish(unchecked(OrderPlaced)))
 
 
 def test_publish_rejects_an_event_class_even_after_its_metaclass_was_looked_up() -> None:
     registry = EventRegistry().bind(OrderPlaced, [recording([], "a")])
     with pytest.raises(TypeError, match="is a metaclass"):
-        registry.handlers_for(type(OrderPlaced))  # type: ignore[arg-type]
+        registry.handlers_for(unchecked(type(OrderPlaced)))
     with pytest.raises(TypeError, match="got the class OrderPlaced"):
-        asyncio.run(Mediator(registry).publish(OrderPlaced))  # type: ignore[arg-type]
+        asyncio.run(Mediator(registry).publish(unchecked(OrderPlaced)))
 
 
 def test_default_resolve_builds_handlers_afresh_for_every_publish() -> None:
@@ -481,22 +491,45 @@ def test_a_handlers_own_cancelled_error_reaches_the_caller(make: MakeMediator) -
     assert log == ["a", "b"]
 
 
-@every_setting
-def test_other_base_exceptions_are_never_swallowed(make: MakeMediator) -> None:
+@pytest.mark.parametrize(
+    "make", [*SEQUENTIAL.values(), COLLECTING["collecting-sequential"]], ids=[*SEQUENTIAL, "collecting"]
+)
+def test_sequential_publisher_lets_other_base_exceptions_through_bare(make: MakeMediator) -> None:
+    log: list[str] = []
+    error = Abort()
+    registry = EventRegistry().bind(
+        OrderPlaced, [recording(log, "a", raises=error), recording(log, "b")]
+    )
+    with pytest.raises(Abort) as caught:
+        asyncio.run(make(registry).publish(OrderPlaced(order_id=1)))
+    assert caught.value is error
+    assert log == ["a"]
+
+
+@pytest.mark.parametrize(
+    "make", [*GROUP.values(), *list(COLLECTING.values())[1:]], ids=[*GROUP, *list(COLLECTING)[1:]]
+)
+def test_group_publisher_groups_other_base_exceptions(make: MakeMediator) -> None:
     error = Abort()
     registry = EventRegistry().bind(
         OrderPlaced, [recording([], "a"), recording([], "b", raises=error)]
     )
-    caught: list[BaseException] = []
+    with pytest.raises(BaseExceptionGroup) as caught:
+        asyncio.run(make(registry).publish(OrderPlaced(order_id=1)))
+    assert caught.value.exceptions == (error,)
+    assert not isinstance(caught.value, ExceptionGroup)
+    assert str(caught.value).startswith("1 of 2 handlers of OrderPlaced failed")
 
-    async def caller() -> None:
-        try:
-            await make(registry).publish(OrderPlaced(order_id=1))
-        except* Abort as group:
-            caught.extend(group.exceptions)
 
-    asyncio.run(caller())
-    assert caught == [error]
+@group
+def test_group_publisher_wraps_a_handlers_own_exception_group_once(make: MakeMediator) -> None:
+    error = ExceptionGroup("two lookups failed", [Boom("a"), Boom("b")])
+    registry = EventRegistry().bind(
+        OrderPlaced, [recording([], "a"), recording([], "b", raises=error)]
+    )
+    with pytest.raises(ExceptionGroup) as caught:
+        asyncio.run(make(registry).publish(OrderPlaced(order_id=1)))
+    assert caught.value.exceptions == (error,)
 
 
 # --- concurrency ---------------------------------------------------------------------------------
@@ -603,7 +636,7 @@ def test_max_concurrency_below_one_is_a_value_error(value: int) -> None:
 @pytest.mark.parametrize("value", [True, "3", 1.5])
 def test_max_concurrency_that_is_not_an_int_is_a_type_error(value: object) -> None:
     with pytest.raises(TypeError, match="max_concurrency must be a positive int or None"):
-        GroupEventPublisher(max_concurrency=value)  # type: ignore[arg-type]
+        GroupEventPublisher(max_concurrency=unchecked(value))
 
 
 @pytest.mark.parametrize("make", [SequentialEventPublisher, GroupEventPublisher])
@@ -618,6 +651,77 @@ def test_publishers_show_their_settings() -> None:
     group = GroupEventPublisher(4, fail_fast=False)
     assert repr(group) == "GroupEventPublisher(max_concurrency=4, fail_fast=False)"
     assert (group.max_concurrency, group.fail_fast) == (4, False)
+
+
+def test_group_publisher_starts_every_handler_even_when_the_first_fails_at_once() -> None:
+    log: list[str] = []
+
+    class WaitsForever:
+        async def handle(self, event: IEvent, /) -> None:
+            log.append(f"{type(self).__name__} started")
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                log.append(f"{type(self).__name__} cancelled")
+                raise
+
+    class Second(WaitsForever):
+        pass
+
+    class Third(WaitsForever):
+        pass
+
+    error = Boom("fails before its first await")
+    registry = EventRegistry().bind(OrderPlaced, [recording(log, "first", raises=error), Second, Third])
+    with pytest.raises(ExceptionGroup) as caught:
+        asyncio.run(Mediator(registry, publisher=GroupEventPublisher()).publish(OrderPlaced(order_id=1)))
+    assert caught.value.exceptions == (error,)
+    assert log[:3] == ["first", "Second started", "Third started"]
+    assert sorted(log[3:]) == ["Second cancelled", "Third cancelled"]
+
+
+def test_bounded_group_publisher_starts_no_handler_after_one_failed() -> None:
+    log: list[str] = []
+
+    class WaitsForever:
+        async def handle(self, event: IEvent, /) -> None:
+            log.append("waits")
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                log.append("waits cancelled")
+                raise
+
+    error = Boom("second handler")
+    registry = EventRegistry().bind(
+        OrderPlaced,
+        [WaitsForever, recording(log, "fails", raises=error), recording(log, "c"), recording(log, "d")],
+    )
+    mediator = Mediator(registry, publisher=GroupEventPublisher(max_concurrency=2))
+    with pytest.raises(ExceptionGroup) as caught:
+        asyncio.run(mediator.publish(OrderPlaced(order_id=1)))
+    assert caught.value.exceptions == (error,)
+    assert log == ["waits", "fails", "waits cancelled"]
+
+
+def test_group_publisher_keeps_a_first_handlers_error_raised_while_the_group_aborts() -> None:
+    converted = Boom("raised instead of CancelledError")
+    error = Boom("second handler")
+
+    class ConvertsCancellation:
+        async def handle(self, event: IEvent, /) -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise converted from None
+
+    registry = EventRegistry().bind(
+        OrderPlaced, [ConvertsCancellation, recording([], "fails", raises=error)]
+    )
+    mediator = Mediator(registry, publisher=GroupEventPublisher())
+    with pytest.raises(ExceptionGroup) as caught:
+        asyncio.run(mediator.publish(OrderPlaced(order_id=1)))
+    assert set(caught.value.exceptions) == {converted, error}
 
 
 # --- cancellation --------------------------------------------------------------------------------
@@ -851,22 +955,22 @@ def test_merging_a_handler_bound_twice_is_a_duplicate_and_changes_nothing() -> N
 def test_merge_rejects_what_is_not_a_registry() -> None:
     registry = EventRegistry()
     with pytest.raises(TypeError, match=r"merge takes an EventRegistry; got \{\}"):
-        registry.merge({})  # type: ignore[arg-type]
+        registry.merge(unchecked({}))
 
 
 def test_mediator_rejects_a_registry_publisher_or_resolve_of_the_wrong_kind() -> None:
     with pytest.raises(TypeError, match=r"Mediator takes an EventRegistry; got \[\]"):
-        Mediator([])  # type: ignore[arg-type]
+        Mediator(unchecked([]))
     with pytest.raises(TypeError, match="publisher 3 is not callable"):
-        Mediator(EventRegistry(), publisher=3)  # type: ignore[arg-type]
+        Mediator(EventRegistry(), publisher=unchecked(3))
     with pytest.raises(TypeError, match="resolve 'container' is not callable"):
-        Mediator(EventRegistry(), resolve="container")  # type: ignore[arg-type]
+        Mediator(EventRegistry(), resolve=unchecked("container"))
 
 
 def test_bind_rejects_an_event_type_that_is_not_a_class() -> None:
     registry = EventRegistry()
     with pytest.raises(TypeError, match=r"event type OrderPlaced\(order_id=1\) is not a class"):
-        registry.bind(OrderPlaced(order_id=1), [])  # type: ignore[arg-type]
+        registry.bind(unchecked(OrderPlaced(order_id=1)), [])
 
 
 class SendEmail:
@@ -906,14 +1010,14 @@ BAD_HANDLERS: list[tuple[object, str]] = [
 def test_bind_rejects_a_bad_handler_by_name_and_changes_nothing(bad: object, message: str) -> None:
     registry = EventRegistry()
     with pytest.raises(TypeError, match=message):
-        registry.bind(OrderPlaced, [SendEmail, bad])  # type: ignore[list-item]
+        registry.bind(OrderPlaced, [SendEmail, unchecked(bad)])
     assert registry.handlers_for(OrderPlaced) == ()
 
 
 @pytest.mark.parametrize("bad", [SendEmail, "SendEmail"])
 def test_bind_rejects_a_lone_handler_where_a_list_is_expected(bad: object) -> None:
     with pytest.raises(TypeError, match="bind takes a list of handler classes"):
-        EventRegistry().bind(OrderPlaced, bad)  # type: ignore[arg-type]
+        EventRegistry().bind(OrderPlaced, unchecked(bad))
 
 
 def test_bind_accepts_handlers_that_do_not_inherit_and_name_the_event_as_they_like() -> None:
@@ -937,7 +1041,7 @@ def test_bind_accepts_handlers_that_do_not_inherit_and_name_the_event_as_they_li
 
 def test_handlers_for_rejects_what_is_not_a_class() -> None:
     with pytest.raises(TypeError, match="event type 42 is not a class"):
-        EventRegistry().handlers_for(42)  # type: ignore[arg-type]
+        EventRegistry().handlers_for(unchecked(42))
 
 
 # --- resolution ----------------------------------------------------------------------------------
@@ -1030,3 +1134,317 @@ def test_all_is_exactly_the_public_names() -> None:
 def test_mediator_imports_only_the_standard_library() -> None:
     imported = set(re.findall(r"^(?:from|import) (\w+)", (ROOT / "mediator.py").read_text(), re.M))
     assert imported <= sys.stdlib_module_names, imported - sys.stdlib_module_names
+
+
+# --- typing --------------------------------------------------------------------------------------
+
+TYPING_CASES = '''\
+# What users write: each line marked "rejected" is a type error, and no other line is.
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar, assert_type
+
+from mediator import (
+    EventHandler,
+    EventPublisher,
+    EventRegistry,
+    GroupEventPublisher,
+    IEvent,
+    IEventHandler,
+    IPublisher,
+    Mediator,
+    SequentialEventPublisher,
+)
+
+T = TypeVar("T")
+E = TypeVar("E", bound=IEvent)
+
+
+class DomainEvent(IEvent):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderPlaced(DomainEvent):
+    order_id: int
+
+
+@dataclass(frozen=True)
+class OrderShipped(DomainEvent):
+    order_id: int
+
+
+class OnOrderPlaced(EventHandler[OrderPlaced]):
+    async def handle(self, event: OrderPlaced) -> None:
+        print(event.order_id)
+
+
+class OnOrderShipped:
+    async def handle(self, shipped: OrderShipped) -> None:
+        print(shipped.order_id)
+
+
+class OnDomainEvent:
+    async def handle(self, event: DomainEvent, /) -> None:
+        print(event)
+
+
+class AuditLog:
+    async def handle(self, event: IEvent) -> None:
+        print(event)
+
+
+class NotAsync:
+    def handle(self, event: OrderPlaced) -> None:
+        print(event)
+
+
+class ReturnsValue:
+    async def handle(self, event: OrderPlaced) -> int:
+        return event.order_id
+
+
+class InOrder:
+    async def __call__(self, handlers: Sequence[IEventHandler[E]], event: E, /) -> None:
+        for handler in handlers:
+            await handler.handle(event)
+
+
+class NotAStrategy:
+    async def __call__(self, handlers: Sequence[IEventHandler[OrderPlaced]]) -> None:
+        print(handlers)
+
+
+def build(handler_type: type[T]) -> T:
+    return handler_type()
+
+
+async def build_async(handler_type: type[T]) -> T:
+    return handler_type()
+
+
+# Accepted: contravariant handlers, chained binds, merge, freeze, handlers_for.
+registry = (
+    EventRegistry()
+    .bind(OrderPlaced, [OnOrderPlaced, OnDomainEvent, AuditLog])
+    .bind(OrderShipped, [OnOrderShipped])
+    .bind(DomainEvent, [OnDomainEvent])
+    .bind(IEvent, [AuditLog])
+)
+registry.merge(EventRegistry().bind(OrderShipped, [AuditLog])).freeze()
+assert_type(registry, EventRegistry)
+assert_type(registry.handlers_for(OrderPlaced), tuple[type[IEventHandler[OrderPlaced]], ...])
+assert_type(registry.frozen, bool)
+
+# Accepted: both publishers and a strategy of one's own; both kinds of resolve.
+mediator = Mediator(registry, publisher=GroupEventPublisher(max_concurrency=4), resolve=build)
+Mediator(registry, publisher=SequentialEventPublisher(fail_fast=False), resolve=build_async)
+Mediator(registry, publisher=InOrder())
+publisher: IPublisher = mediator
+strategies: list[EventPublisher] = [SequentialEventPublisher(), GroupEventPublisher(), InOrder()]
+handler: IEventHandler[OrderPlaced] = OnDomainEvent()
+any_event_handler: IEventHandler[OrderShipped] = AuditLog()
+
+
+async def publish_events() -> None:
+    await publisher.publish(OrderPlaced(order_id=1))
+    await mediator.publish(OrderShipped(2))
+
+
+# Rejected: handlers of the wrong event, of a subclass, not async, returning a value, no list.
+registry.bind(OrderPlaced, [OnOrderShipped])  # rejected
+registry.bind(DomainEvent, [OnOrderPlaced])  # rejected
+registry.bind(OrderPlaced, [NotAsync])  # rejected
+registry.bind(OrderPlaced, [ReturnsValue])  # rejected
+registry.bind(OrderPlaced, OnOrderPlaced)  # rejected
+registry.bind(int, [])  # rejected
+
+
+class WrongOverride(EventHandler[OrderPlaced]):
+    async def handle(self, event: OrderShipped) -> None:  # rejected
+        print(event)
+
+
+def takes_handler_of_int(handler: EventHandler[int]) -> None:  # rejected
+    print(handler)
+
+
+async def publish_non_events() -> None:
+    await mediator.publish(42)  # rejected
+    await mediator.publish("OrderPlaced")  # rejected
+    await mediator.publish(OrderPlaced)  # rejected
+
+
+wrong_handler: IEventHandler[OrderPlaced] = OnOrderShipped()  # rejected
+Mediator(registry, publisher=SequentialEventPublisher)  # rejected
+Mediator(registry, publisher=NotAStrategy())  # rejected
+GroupEventPublisher(max_concurrency="3")  # rejected
+'''
+
+# mypy and pyright come with the test extra; the others run where they are installed.
+CHECKERS = ("mypy", "pyright", "basedpyright", "pyrefly", "ty")
+REQUIRED = {"mypy", "pyright"}
+STRICT_PYRIGHT = {
+    "typeCheckingMode": "strict",
+    "pythonVersion": "3.11",
+    "reportUnnecessaryTypeIgnoreComment": "error",
+}
+
+
+@dataclass
+class Report:
+    """What one checker said about the files it was given: error lines per file name."""
+
+    checker: str
+    output: str
+    errors: dict[str, set[int]] = field(default_factory=dict[str, set[int]])
+
+    def lines(self, file: str) -> set[int]:
+        return self.errors.get(file, set())
+
+
+def checker_command(checker: str, files: list[str]) -> list[str]:
+    """The command that runs `checker` in its strict mode on `files`, or skips the test."""
+    if checker == "mypy":
+        mypy = [sys.executable, "-m", "mypy", "--strict", "--warn-unused-ignores"]
+        return [*mypy, "--python-version", "3.11", "--no-error-summary", *files]
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    executable = shutil.which(checker, path=path)
+    if executable is None:
+        if checker in REQUIRED:
+            pytest.fail(f"{checker} is not installed: pip install -e '.[test]'")
+        pytest.skip(f"{checker} is not installed; pip install {checker} to run this check")
+    if checker in ("pyright", "basedpyright"):
+        return [executable, "--outputjson", "--pythonpath", sys.executable, *files]
+    if checker == "pyrefly":
+        options = ["--preset", "strict", "--python-version", "3.11", "--output-format", "min-text"]
+        return [executable, "check", *options, "--python-interpreter-path", sys.executable, *files]
+    options = ["--python-version", "3.11", "--output-format", "concise", "--python", sys.executable]
+    return [executable, "check", *options, *files]
+
+
+def parse_errors(checker: str, output: str) -> dict[str, set[int]]:
+    errors: dict[str, set[int]] = {}
+    if checker in ("pyright", "basedpyright"):
+        diagnostics: list[dict[str, Any]] = json.loads(output)["generalDiagnostics"]
+        for diagnostic in diagnostics:
+            if diagnostic["severity"] == "error":
+                line = diagnostic["range"]["start"]["line"] + 1
+                errors.setdefault(Path(diagnostic["file"]).name, set()).add(line)
+        return errors
+    pattern = {
+        "mypy": r"^(?P<file>[\w.]+):(?P<line>\d+): error:",
+        "pyrefly": r"^ERROR (?P<file>[\w.]+):(?P<line>\d+):",
+        "ty": r"^(?P<file>[\w.]+):(?P<line>\d+):\d+: error",
+    }[checker]
+    for match in re.finditer(pattern, output, re.M):
+        errors.setdefault(match["file"], set()).add(int(match["line"]))
+    return errors
+
+
+@pytest.fixture(scope="session", params=CHECKERS)
+def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Report:
+    """Runs one checker, once, on the module, its tests, the typing cases, the README's code
+    and the examples, all copied into one folder as a user who vendored the module has them."""
+    checker: str = request.param
+    folder = tmp_path_factory.mktemp(checker)
+    for name in ("mediator.py", "test_mediator.py"):
+        shutil.copy(ROOT / name, folder / name)
+    for example in sorted((ROOT / "examples").glob("*.py")):
+        shutil.copy(example, folder / example.name)
+    (folder / "typing_cases.py").write_text(TYPING_CASES)
+    (folder / "readme_blocks.py").write_text(readme_program())
+    (folder / "pyrightconfig.json").write_text(json.dumps(STRICT_PYRIGHT))
+    files = sorted(path.name for path in folder.glob("*.py"))
+    command = checker_command(checker, files)
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    return Report(checker, output, parse_errors(checker, done.stdout))
+
+
+def test_checker_finds_no_error_in_the_module_or_its_tests(report: Report) -> None:
+    for file in ("mediator.py", "test_mediator.py"):
+        assert report.lines(file) == set(), f"{report.checker} on {file}:\n{report.output}"
+
+
+def test_checker_reports_exactly_the_rejected_lines_of_user_code(report: Report) -> None:
+    lines = TYPING_CASES.splitlines()
+    rejected = {number for number, line in enumerate(lines, 1) if line.endswith("# rejected")}
+    assert len(rejected) == 15
+    assert report.lines("typing_cases.py") == rejected, report.output
+
+
+def test_checker_finds_no_error_in_the_readme_or_the_examples(report: Report) -> None:
+    examples = [path.name for path in (ROOT / "examples").glob("*.py")]
+    for file in ["readme_blocks.py", *examples]:
+        assert report.lines(file) == set(), f"{report.checker} on {file}:\n{report.output}"
+
+
+def test_the_module_escapes_no_checker() -> None:
+    source = (ROOT / "mediator.py").read_text()
+    assert not re.search(r"type:\s*ignore|pyright:\s*ignore|\bcast\(", source)
+
+
+def test_no_public_signature_mentions_any() -> None:
+    tree = ast.parse((ROOT / "mediator.py").read_text())
+    public = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    public = [node for node in public if node.name in mediator.__all__]
+    checked = 0
+    for cls in public:
+        for function in cls.body:
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if function.name.startswith("_") and function.name not in ("__init__", "__call__"):
+                continue
+            annotations = [arg.annotation for arg in function.args.posonlyargs]
+            annotations += [arg.annotation for arg in function.args.args]
+            annotations += [arg.annotation for arg in function.args.kwonlyargs]
+            annotations.append(function.returns)
+            text = " ".join(ast.unparse(node) for node in annotations if node is not None)
+            assert "Any" not in text, f"{cls.name}.{function.name}: {text}"
+            checked += 1
+    assert checked >= 15
+
+
+# --- README --------------------------------------------------------------------------------------
+
+
+def readme_blocks(language: str) -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    return re.findall(rf"^```{language}\n(.*?)^```$", readme, re.M | re.S)
+
+
+def readme_program() -> str:
+    """The README's Python blocks, in order, as the one program they make together."""
+    return "\n".join(readme_blocks("python"))
+
+
+def test_readme_python_blocks_run_and_print_what_they_say(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "mediator.py", tmp_path / "mediator.py")
+    program = readme_program()
+    (tmp_path / "readme_blocks.py").write_text(program)
+    done = subprocess.run(
+        [sys.executable, "readme_blocks.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == re.findall(r"^# (.*)$", program, re.M)
+
+
+def test_quick_start_is_two_commands_and_ci_runs_the_second() -> None:
+    quick_start = (ROOT / "README.md").read_text().split("## Quick start", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", quick_start, re.S)
+    assert block is not None
+    commands = [line.strip() for line in block[1].splitlines() if line.strip()]
+    assert commands == ["python -m examples.orders", "pip install -e '.[test]' && pytest"]
+    assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_quick_start_example_shows_both_publishers_and_the_declined_card() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.orders"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "order 2 failed: card 0000 0000 declined for order 2" in done.stdout
+    assert "order 2: 1 of 3 handlers of OrderPlaced failed: card 0000 0000 declined" in done.stdout
+    assert done.stdout.count("reserved the stock of order 1") == 2
