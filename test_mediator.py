@@ -697,7 +697,9 @@ def test_bounded_group_publisher_starts_no_handler_after_one_failed() -> None:
         OrderPlaced,
         [WaitsForever, recording(log, "fails", raises=error), recording(log, "c"), recording(log, "d")],
     )
-    mediator = Mediator(registry, publisher=GroupEventPublisher(max_concurrency=2))
+    # Three workers: the caller's task waits, one task fails, and the third task, whose first
+    # step comes after that failure in the same loop iteration, must find nothing left to run.
+    mediator = Mediator(registry, publisher=GroupEventPublisher(max_concurrency=3))
     with pytest.raises(ExceptionGroup) as caught:
         asyncio.run(mediator.publish(OrderPlaced(order_id=1)))
     assert caught.value.exceptions == (error,)
