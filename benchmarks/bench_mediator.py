@@ -1,0 +1,344 @@
+"""What a publish costs, against the code one would write by hand, measured in the same run.
+
+    python benchmarks/bench_mediator.py          # the full run, a few minutes
+    python benchmarks/bench_mediator.py --quick  # under 30 seconds
+    python benchmarks/bench_mediator.py --smoke  # a second or two: checks the work, not the time
+
+Standard library only. The contenders of a scenario take turns, batch after batch, so that the
+machine's drift hits them alike; a ratio is the median of the ratios of adjacent batches. Every
+batch checks that each handler ran exactly as often as it should, and the run exits 1 if not.
+"""
+
+import argparse
+import asyncio
+import gc
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Run as a script from anywhere: the module under test is the repository's own.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mediator import (  # noqa: E402
+    EventPublisher,
+    EventRegistry,
+    GroupEventPublisher,
+    IEvent,
+    IEventHandler,
+    Mediator,
+    SequentialEventPublisher,
+)
+
+Publish = Callable[[IEvent], Awaitable[None]]
+
+
+class DomainEvent(IEvent):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPlaced(DomainEvent):
+    order_id: int
+
+
+class Counter:
+    """How many times the handlers ran, all of them together."""
+
+    runs = 0
+
+
+class Handler:
+    __slots__ = ()
+
+    async def handle(self, event: IEvent, /) -> None:
+        Counter.runs += 1
+
+
+class Sleeper:
+    __slots__ = ()
+
+    async def handle(self, event: IEvent, /) -> None:
+        Counter.runs += 1
+        await asyncio.sleep(0)
+
+
+def handler_classes(count: int, base: type = Handler) -> tuple[type[IEventHandler[IEvent]], ...]:
+    """`count` distinct handler classes: a registry binds a class once per event type."""
+    return tuple(type(f"{base.__name__}{i}", (base,), {"__slots__": ()}) for i in range(count))
+
+
+def hand_loop(handlers: Sequence[type[IEventHandler[IEvent]]]) -> Publish:
+    async def publish(event: IEvent) -> None:
+        for cls in handlers:
+            await cls().handle(event)
+
+    return publish
+
+
+def hand_task_group(handlers: Sequence[type[IEventHandler[IEvent]]]) -> Publish:
+    async def publish(event: IEvent) -> None:
+        async with asyncio.TaskGroup() as group:
+            for cls in handlers:
+                group.create_task(cls().handle(event))
+
+    return publish
+
+
+@dataclass
+class Row:
+    scenario: str
+    median_ns: float
+    ratio: float
+    target: str
+    met: bool | None
+
+
+class WorkError(Exception):
+    pass
+
+
+async def batch(publish: Publish, event: IEvent, times: int, handlers: int) -> float:
+    """ns per publish over `times` publishes, after checking every handler ran each time."""
+    Counter.runs = 0
+    start = time.perf_counter_ns()
+    for _ in range(times):
+        await publish(event)
+    elapsed = time.perf_counter_ns() - start
+    if Counter.runs != times * handlers:
+        raise WorkError(f"expected {times * handlers} handler runs, counted {Counter.runs}")
+    return elapsed / times
+
+
+async def compare(
+    contenders: dict[str, tuple[Publish, int]], event: IEvent, times: int, rounds: int
+) -> dict[str, tuple[float, float]]:
+    """Median ns per publish and median ratio to the first contender, interleaved by round.
+
+    Each contender is a publish and how many handlers each of its publishes must run.
+    """
+    names = list(contenders)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:  # warm up caches and the allocator
+        publish, handlers = contenders[name]
+        await batch(publish, event, max(times // 10, 1), handlers)
+    for round_number in range(rounds):
+        # Rotate who goes first, so that no contender always follows the same one.
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            publish, handlers = contenders[name]
+            samples[name].append(await batch(publish, event, times, handlers))
+    baseline = samples[names[0]]
+    return {
+        name: (
+            statistics.median(values),
+            statistics.median(value / base for value, base in zip(values, baseline)),
+        )
+        for name, values in samples.items()
+    }
+
+
+def mediator_for(
+    event_type: type[IEvent],
+    handlers: Sequence[type[IEventHandler[IEvent]]],
+    publisher: EventPublisher = SequentialEventPublisher(),
+) -> Mediator:
+    return Mediator(EventRegistry().bind(event_type, handlers), publisher=publisher)
+
+
+async def overhead_rows(times: int, rounds: int) -> list[Row]:
+    rows: list[Row] = []
+    event = OrderPlaced(1)
+    for count, limit in ((0, 1.3), (1, 1.15), (10, 1.15)):
+        handlers = handler_classes(count)
+        result = await compare(
+            {
+                "hand loop": (hand_loop(handlers), count),
+                "sequential": (mediator_for(OrderPlaced, handlers).publish, count),
+            },
+            event,
+            times,
+            rounds,
+        )
+        base_ns = result["hand loop"][0]
+        rows.append(Row(f"hand loop, {count} handlers", base_ns, 1.0, "baseline", None))
+        ns, ratio = result["sequential"]
+        rows.append(
+            Row(f"sequential, {count} handlers", ns, ratio, f"<= {limit}x", ratio <= limit)
+        )
+    group_times = max(times // 10, 10)
+    for count, limit in ((1, 0.3), (10, 1.0)):
+        handlers = handler_classes(count)
+        group = mediator_for(OrderPlaced, handlers, GroupEventPublisher())
+        result = await compare(
+            {
+                "hand TaskGroup": (hand_task_group(handlers), count),
+                "group": (group.publish, count),
+            },
+            event,
+            group_times,
+            rounds,
+        )
+        base_ns = result["hand TaskGroup"][0]
+        rows.append(Row(f"hand TaskGroup, {count} handlers", base_ns, 1.0, "baseline", None))
+        ns, ratio = result["group"]
+        rows.append(Row(f"group, {count} handlers", ns, ratio, f"<= {limit}x", ratio <= limit))
+    return rows
+
+
+async def linearity_rows(times: int, rounds: int) -> list[Row]:
+    """Cost per handler at 1,000 handlers against the cost per handler at 100."""
+    rows: list[Row] = []
+    event = OrderPlaced(1)
+    publishers: dict[str, EventPublisher] = {
+        "sequential": SequentialEventPublisher(),
+        "group": GroupEventPublisher(),
+    }
+    for label, publisher in publishers.items():
+        small = mediator_for(OrderPlaced, handler_classes(100), publisher)
+        large = mediator_for(OrderPlaced, handler_classes(1000), publisher)
+        result = await compare(
+            {"100": (small.publish, 100), "1000": (large.publish, 1000)},
+            event,
+            max(times // 500, 3),
+            rounds,
+        )
+        ns, ratio = result["1000"]
+        per_handler = ratio / 10  # ten times the handlers: the ratio of the costs per handler
+        rows.append(
+            Row(
+                f"{label}, per handler at 1,000 vs 100",
+                ns / 1000,
+                per_handler,
+                "<= 1.2x",
+                per_handler <= 1.2,
+            )
+        )
+    return rows
+
+
+async def dispatch_rows(times: int, rounds: int) -> list[Row]:
+    """A handler bound to a base class costs what one bound to the exact class costs."""
+    event = OrderPlaced(1)
+    handlers = handler_classes(2)
+    result = await compare(
+        {
+            "exact": (mediator_for(OrderPlaced, handlers).publish, 2),
+            "base": (mediator_for(DomainEvent, handlers).publish, 2),
+        },
+        event,
+        times,
+        rounds,
+    )
+    ns, ratio = result["base"]
+    exact = "sequential, 2 handlers bound to the exact class"
+    return [
+        Row(exact, result["exact"][0], 1.0, "baseline", None),
+        Row("sequential, 2 handlers bound to a base class", ns, ratio, "<= 1.05x", ratio <= 1.05),
+    ]
+
+
+async def memory_report(handlers_count: int, publishes: int) -> tuple[list[str], bool]:
+    lines: list[str] = []
+    event = OrderPlaced(1)
+    peaks: list[int] = []
+    most_tasks = 0
+
+    class Track:
+        __slots__ = ()
+
+        async def handle(self, event: IEvent, /) -> None:
+            nonlocal most_tasks
+            Counter.runs += 1
+            most_tasks = max(most_tasks, len(asyncio.all_tasks()))
+            await asyncio.sleep(0)
+
+    many = handler_classes(handlers_count, Sleeper)
+    for publisher in (GroupEventPublisher(max_concurrency=8), GroupEventPublisher()):
+        mediator = mediator_for(OrderPlaced, many, publisher)
+        gc.collect()
+        tracemalloc.start()
+        await batch(mediator.publish, event, 1, handlers_count)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    tracked = mediator_for(
+        OrderPlaced, handler_classes(200, Track), GroupEventPublisher(max_concurrency=8)
+    )
+    await batch(tracked.publish, event, 1, 200)
+    # The caller's task runs one worker itself: 8 workers are the caller and 7 tasks.
+    bounded_ok = most_tasks <= 8 and peaks[0] * 10 < peaks[1]
+    lines.append(
+        f"{handlers_count:,} handlers: peak traced memory {peaks[0] / 1024:,.0f} KiB with "
+        f"max_concurrency=8, {peaks[1] / 1024:,.0f} KiB without a limit "
+        f"({peaks[0] / peaks[1]:.1%}); at most {most_tasks} tasks alive with max_concurrency=8, "
+        f"the caller's included"
+    )
+
+    mediator = mediator_for(OrderPlaced, handler_classes(2))
+    grouped = mediator_for(OrderPlaced, handler_classes(2), GroupEventPublisher())
+    await batch(mediator.publish, event, 1000, 2)
+    await batch(grouped.publish, event, 100, 2)
+    gc.collect()
+    tracemalloc.start()
+    await batch(mediator.publish, event, 1000, 2)
+    await batch(grouped.publish, event, 100, 2)
+    gc.collect()
+    before = tracemalloc.get_traced_memory()[0]
+    await batch(mediator.publish, event, publishes, 2)
+    await batch(grouped.publish, event, publishes // 10, 2)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    flat = after - before < 4096
+    lines.append(
+        f"{publishes:,} sequential and {publishes // 10:,} group publishes: traced memory "
+        f"{before:,} bytes before, {after:,} after ({after - before:+,})"
+    )
+    return lines, bounded_ok and flat
+
+
+def print_table(rows: list[Row]) -> None:
+    width = max(len(row.scenario) for row in rows)
+    print(f"{'scenario':<{width}}  {'median ns':>12}  {'ratio':>7}  target")
+    for row in rows:
+        verdict = "" if row.met is None else ("met" if row.met else "MISSED")
+        target = "" if row.met is None else f"{row.target} {verdict}"
+        print(f"{row.scenario:<{width}}  {row.median_ns:>12,.0f}  {row.ratio:>6.2f}x  {target}")
+
+
+async def main(mode: str) -> int:
+    times, rounds, handlers_count, publishes = {
+        "full": (20_000, 31, 10_000, 100_000),
+        "quick": (5_000, 21, 10_000, 100_000),
+        "smoke": (200, 3, 1_000, 2_000),
+    }[mode]
+    print(f"mediator benchmark, {mode} run, Python {sys.version.split()[0]}")
+    try:
+        rows = await overhead_rows(times, rounds)
+        rows += await linearity_rows(times, rounds)
+        rows += await dispatch_rows(times, rounds)
+        print_table(rows)
+        lines, memory_ok = await memory_report(handlers_count, publishes)
+    except WorkError as error:
+        print(f"the handlers did not run as they should: {error}")
+        return 1
+    for line in lines:
+        print(line)
+    missed = [row.scenario for row in rows if row.met is False]
+    if not memory_ok:
+        missed.append("memory")
+    print("every target met" if not missed else f"targets missed: {', '.join(missed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--quick", action="store_true", help="a run of under 30 seconds")
+    modes.add_argument("--smoke", action="store_true", help="check the work, not the time")
+    arguments = parser.parse_args()
+    mode = "quick" if arguments.quick else "smoke" if arguments.smoke else "full"
+    sys.exit(asyncio.run(main(mode)))
