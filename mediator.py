@@ -8,14 +8,8 @@ the handlers run in the caller's task and context, and their errors reach the ca
     await Mediator(registry).publish(OrderPlaced(order_id=7))
 
 Vendoring: copy this file into your project and import from it. It needs Python 3.11 or newer
-and nothing outside the standard library. Licence: MIT. Version: see `__version__`.
+and nothing outside the standard library. Licence: MIT. Version 1.0.0 (`__version__`).
 """
-
-import abc
-import asyncio
-import inspect
-from collections.abc import Awaitable, Iterator, Sequence
-from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar, final
 
 __version__ = "1.0.0"
 
@@ -33,6 +27,12 @@ __all__ = (
     "GroupEventPublisher",
     "Mediator",
 )
+
+import abc
+import asyncio
+import inspect
+from collections.abc import Awaitable, Iterator, Sequence
+from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar, final
 
 _EventT = TypeVar("_EventT", bound="IEvent")
 _EventT_contra = TypeVar("_EventT_contra", bound="IEvent", contravariant=True)
@@ -104,15 +104,6 @@ class EventHandler(IEventHandler[_EventT_contra], abc.ABC):
         """React to `event`; an exception reaches the code that published it."""
 
 
-@final
-class _NoEvent:
-    # mypy refuses a protocol class, IEvent itself included, where a plain `type[X]` parameter
-    # is expected ("Only concrete class can be given", mypy issue 4717), yet binding to IEvent
-    # or to a protocol base is how one handler reaches many events. A union turns that check
-    # off; its other member is this class, which no caller can name, so nothing else gets in.
-    __slots__ = ()
-
-
 class MediatorError(Exception):
     """Base class of the errors that this module raises for misuse of a registry."""
 
@@ -123,6 +114,15 @@ class DuplicateHandlerError(MediatorError, ValueError):
 
 class RegistryFrozenError(MediatorError, RuntimeError):
     """A frozen registry was asked to bind or merge."""
+
+
+@final
+class _NoEvent:
+    # mypy refuses a protocol class, IEvent itself included, where a plain `type[X]` parameter
+    # is expected ("Only concrete class can be given", mypy issue 4717), yet binding to IEvent
+    # or to a protocol base is how one handler reaches many events. A union turns that check
+    # off; its other member is this class, which no caller can name, so nothing else gets in.
+    __slots__ = ()
 
 
 class _Dispatch:

@@ -1133,6 +1133,11 @@ def test_all_is_exactly_the_public_names() -> None:
     assert len(mediator.__all__) == len(public)
 
 
+def test_the_module_docstring_states_the_version() -> None:
+    assert mediator.__doc__ is not None
+    assert f"Version {mediator.__version__} (`__version__`)" in mediator.__doc__
+
+
 def test_mediator_imports_only_the_standard_library() -> None:
     imported = set(re.findall(r"^(?:from|import) (\w+)", (ROOT / "mediator.py").read_text(), re.M))
     assert imported <= sys.stdlib_module_names, imported - sys.stdlib_module_names
@@ -1450,3 +1455,15 @@ def test_quick_start_example_shows_both_publishers_and_the_declined_card() -> No
     assert "order 2 failed: card 0000 0000 declined for order 2" in done.stdout
     assert "order 2: 1 of 3 handlers of OrderPlaced failed: card 0000 0000 declined" in done.stdout
     assert done.stdout.count("reserved the stock of order 1") == 2
+
+
+def test_benchmark_checks_its_work_in_a_smoke_run() -> None:
+    """The benchmark runs and its handlers ran as often as they should; no timing is judged."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_mediator.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "sequential, 10 handlers" in done.stdout and "group, 10 handlers" in done.stdout
