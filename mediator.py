@@ -134,6 +134,23 @@ class _Dispatch:
     _resolved: dict[type, tuple[type[IEventHandler[Any]], ...]]
 
 
+@final
+class _Plain(tuple[type[IEventHandler[Any]], ...]):
+    # Handler classes whose construction only allocates, so that building each one just before
+    # it runs cannot be told apart from building them all first, as publish promises.
+    __slots__ = ()
+
+
+def _builds_trivially(handler_type: type, /) -> bool:
+    # Protocol classes get a placeholder __init__ that becomes object's on first use.
+    placeholder = vars(IEventHandler)["__init__"]
+    return type(handler_type).__call__ is type.__call__ and all(
+        vars(cls).get("__new__", object.__new__) is object.__new__
+        and vars(cls).get("__init__", object.__init__) in (object.__init__, placeholder)
+        for cls in handler_type.__mro__
+    )
+
+
 def _check_event_type(event_type: object, /) -> None:
     if not isinstance(event_type, type):
         raise TypeError(
@@ -267,6 +284,8 @@ class EventRegistry(_Dispatch):
                 for handler_type in bindings.get(cls, ())
             )
         )
+        if all(map(_builds_trivially, resolved)):
+            resolved = _Plain(resolved)
         self._resolved[event_type] = resolved
         return resolved
 
@@ -568,10 +587,15 @@ class Mediator(_Dispatch):
         handlers: list[IEventHandler[Any]]
         if self._inline:
             # Measured: the default publisher's loop, run here rather than behind a call that
-            # costs a coroutine, and no list for one handler, keep publish at the cost of a
-            # hand-written `for cls in handlers: await cls().handle(event)`.
+            # costs a coroutine, and no list when building one handler at a time is the same
+            # as building all first, keep publish at the cost of a hand-written
+            # `for cls in handlers: await cls().handle(event)`.
             if len(handler_types) == 1:
                 await handler_types[0]().handle(event)
+                return
+            if type(handler_types) is _Plain:
+                for handler_type in handler_types:
+                    await handler_type().handle(event)
                 return
             handlers = []
             for handler_type in handler_types:

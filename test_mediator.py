@@ -1093,6 +1093,60 @@ def test_when_building_a_handler_fails_no_handler_runs(make: MakeMediator) -> No
     assert log == []
 
 
+class RecordsBuilding:
+    built: list[str] = []
+
+    def __init__(self) -> None:
+        RecordsBuilding.built.append(f"build {type(self).__name__}")
+
+
+class BuildsInInit:
+    def __init__(self) -> None:
+        RecordsBuilding.built.append(f"build {type(self).__name__}")
+
+
+class BuildsThroughMixin(EventHandler[IEvent], RecordsBuilding):
+    """Its __init__ comes from a base after EventHandler in the MRO."""
+
+
+class BuildsInNew:
+    def __new__(cls) -> "BuildsInNew":
+        RecordsBuilding.built.append(f"build {cls.__name__}")
+        return super().__new__(cls)
+
+
+class BuildingMeta(type):
+    def __call__(cls) -> object:
+        RecordsBuilding.built.append(f"build {cls.__name__}")
+        return super().__call__()
+
+
+class BuildsInMetaclass(metaclass=BuildingMeta):
+    pass
+
+
+@pytest.mark.parametrize(
+    "base", [BuildsInInit, BuildsThroughMixin, BuildsInNew, BuildsInMetaclass]
+)
+@every_setting
+def test_every_handler_is_built_before_the_first_runs(make: MakeMediator, base: type) -> None:
+    """Whatever building a handler class runs, it runs for all of them before any handles."""
+    log = RecordsBuilding.built
+    log.clear()
+
+    def handler_class(name: str) -> type[IEventHandler[IEvent]]:
+        async def handle(self: object, event: IEvent, /) -> None:
+            log.append(f"run {name}")
+
+        built: type[IEventHandler[IEvent]] = unchecked(type(base)(name, (base,), {"handle": handle}))
+        return built
+
+    registry = EventRegistry().bind(OrderPlaced, [handler_class("A"), handler_class("B")])
+    asyncio.run(make(registry).publish(OrderPlaced(order_id=1)))
+    assert log[:2] == ["build A", "build B"]
+    assert sorted(log[2:]) == ["run A", "run B"]
+
+
 def test_a_custom_publisher_receives_built_handlers_and_the_event() -> None:
     seen: list[object] = []
 
