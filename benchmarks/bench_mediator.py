@@ -4,7 +4,8 @@
     python benchmarks/bench_mediator.py --quick  # under 30 seconds
     python benchmarks/bench_mediator.py --smoke  # a second or two: checks the work, not the time
 
-Standard library only. The contenders of a scenario take turns, batch after batch, so that the
+Standard library only; where blinker or pyee is installed, it joins as a peer. The contenders of
+a scenario take turns, batch after batch, so that the
 machine's drift hits them alike; a ratio is the median of the ratios of adjacent batches. Every
 batch checks that each handler ran exactly as often as it should, and the run exits 1 if not.
 """
@@ -12,6 +13,7 @@ batch checks that each handler ran exactly as often as it should, and the run ex
 import argparse
 import asyncio
 import gc
+import importlib.metadata
 import statistics
 import sys
 import time
@@ -88,6 +90,51 @@ def hand_task_group(handlers: Sequence[type[IEventHandler[IEvent]]]) -> Publish:
     return publish
 
 
+def blinker_send(count: int) -> Publish | None:
+    """blinker's `send_async` to `count` async receivers, if blinker is installed."""
+    try:
+        import blinker
+    except ImportError:
+        return None
+    signal = blinker.Signal()
+    for _ in range(count):
+
+        async def receiver(sender: object, **kwargs: object) -> None:
+            Counter.runs += 1
+
+        signal.connect(receiver, weak=False)
+
+    async def publish(event: IEvent) -> None:
+        await signal.send_async(event)
+
+    return publish
+
+
+def pyee_emit(count: int) -> Publish | None:
+    """pyee's asyncio emitter to `count` async listeners, emit then wait, if pyee is installed."""
+    try:
+        from pyee.asyncio import AsyncIOEventEmitter
+    except ImportError:
+        return None
+    emitter = AsyncIOEventEmitter()
+    for _ in range(count):
+
+        async def listener(event: IEvent) -> None:
+            Counter.runs += 1
+
+        emitter.add_listener("event", listener)
+
+    async def publish(event: IEvent) -> None:
+        emitter.emit("event", event)
+        await emitter.wait_for_complete()
+
+    return publish
+
+
+def peer_name(package: str, call: str) -> str:
+    return f"{package} {importlib.metadata.version(package)} {call}"
+
+
 @dataclass
 class Row:
     scenario: str
@@ -149,43 +196,53 @@ def mediator_for(
     return Mediator(EventRegistry().bind(event_type, handlers), publisher=publisher)
 
 
+def handlers_label(count: int) -> str:
+    return f"{count} handler" if count == 1 else f"{count} handlers"
+
+
 async def overhead_rows(times: int, rounds: int) -> list[Row]:
     rows: list[Row] = []
     event = OrderPlaced(1)
     for count, limit in ((0, 1.3), (1, 1.15), (10, 1.15)):
         handlers = handler_classes(count)
-        result = await compare(
-            {
-                "hand loop": (hand_loop(handlers), count),
-                "sequential": (mediator_for(OrderPlaced, handlers).publish, count),
-            },
-            event,
-            times,
-            rounds,
-        )
-        base_ns = result["hand loop"][0]
-        rows.append(Row(f"hand loop, {count} handlers", base_ns, 1.0, "baseline", None))
-        ns, ratio = result["sequential"]
-        rows.append(
-            Row(f"sequential, {count} handlers", ns, ratio, f"<= {limit}x", ratio <= limit)
-        )
+        contenders = {
+            "hand loop": (hand_loop(handlers), count),
+            "sequential": (mediator_for(OrderPlaced, handlers).publish, count),
+        }
+        peer = blinker_send(count)
+        if peer is not None:
+            contenders[peer_name("blinker", "send_async")] = (peer, count)
+        result = await compare(contenders, event, times, rounds)
+        rows += table_rows(result, handlers_label(count), "sequential", limit)
     group_times = max(times // 10, 10)
-    for count, limit in ((1, 0.3), (10, 1.0)):
+    for count, limit in ((0, 1.0), (1, 0.3), (10, 1.0)):
         handlers = handler_classes(count)
         group = mediator_for(OrderPlaced, handlers, GroupEventPublisher())
-        result = await compare(
-            {
-                "hand TaskGroup": (hand_task_group(handlers), count),
-                "group": (group.publish, count),
-            },
-            event,
-            group_times,
-            rounds,
-        )
-        base_ns = result["hand TaskGroup"][0]
-        rows.append(Row(f"hand TaskGroup, {count} handlers", base_ns, 1.0, "baseline", None))
-        ns, ratio = result["group"]
-        rows.append(Row(f"group, {count} handlers", ns, ratio, f"<= {limit}x", ratio <= limit))
+        contenders = {
+            "hand TaskGroup": (hand_task_group(handlers), count),
+            "group": (group.publish, count),
+        }
+        peer = pyee_emit(count)
+        if peer is not None:
+            contenders[peer_name("pyee", "emit + wait_for_complete")] = (peer, count)
+        result = await compare(contenders, event, group_times, rounds)
+        rows += table_rows(result, handlers_label(count), "group", limit)
+    return rows
+
+
+def table_rows(
+    result: dict[str, tuple[float, float]], label: str, ours: str, limit: float
+) -> list[Row]:
+    """The baseline's row, ours against its target, and each peer's against ours."""
+    baseline, *_ = result
+    rows = [Row(f"{baseline}, {label}", result[baseline][0], 1.0, "baseline", None)]
+    ns, ratio = result[ours]
+    rows.append(Row(f"{ours}, {label}", ns, ratio, f"<= {limit}x", ratio <= limit))
+    for name, (peer_ns, peer_ratio) in result.items():
+        if name not in (baseline, ours):
+            rows.append(
+                Row(f"{name}, {label}", peer_ns, peer_ratio, f"slower than {ours}", peer_ratio > ratio)
+            )
     return rows
 
 
