@@ -145,7 +145,7 @@ class _BuildFirst(tuple[type[IEventHandler[Any]], ...]):
 
 def _builds_trivially(handler_type: type, /) -> bool:
     # Protocol classes get a placeholder __init__ that becomes object's on first use.
-    placeholder = vars(IEventHandler)["__init__"]
+    placeholder = vars(IEventHandler).get("__init__", object.__init__)
     return type(handler_type).__call__ is type.__call__ and all(
         vars(cls).get("__new__", object.__new__) is object.__new__
         and vars(cls).get("__init__", object.__init__) in (object.__init__, placeholder)
@@ -273,11 +273,11 @@ class EventRegistry(_Dispatch):
         In the order they run: those bound to `event_type`, then those bound to each base class
         along its MRO, each once. An empty tuple when there are none.
         """
+        _check_event_type(event_type)
         try:
             return self._resolved[event_type]
         except KeyError:
             pass
-        _check_event_type(event_type)
         bindings = self._bindings
         resolved = tuple(
             dict.fromkeys(
@@ -520,6 +520,9 @@ def _fail_after_the_others_start(group: asyncio.TaskGroup, error: Exception, /) 
 
 
 class _Resolve(Protocol):
+    # What `resolve` may be: a plain or async function from a handler class to a handler.
+    __slots__ = ()
+
     def __call__(self, handler_type: type[_HandlerT], /) -> _HandlerT | Awaitable[_HandlerT]: ...
 
 

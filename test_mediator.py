@@ -22,12 +22,10 @@ import mediator
 from mediator import (
     DuplicateHandlerError,
     EventHandler,
-    EventPublisher,
     EventRegistry,
     GroupEventPublisher,
     IEvent,
     IEventHandler,
-    IPublisher,
     Mediator,
     MediatorError,
     RegistryFrozenError,
@@ -252,7 +250,7 @@ def test_handlers_see_the_callers_context_variables(make: MakeMediator) -> None:
 
 
 @every
-def test_handlers_run_in_the_callers_task_or_a_child_of_its_group(make: MakeMediator) -> None:
+def test_publish_leaves_no_task_behind(make: MakeMediator) -> None:
     log: list[str] = []
     registry = EventRegistry().bind(OrderPlaced, [recording(log, "a")])
 
@@ -1041,9 +1039,10 @@ def test_bind_accepts_handlers_that_do_not_inherit_and_name_the_event_as_they_li
     assert log == ["plain 5", "inherits 5"]
 
 
-def test_handlers_for_rejects_what_is_not_a_class() -> None:
-    with pytest.raises(TypeError, match="event type 42 is not a class"):
-        EventRegistry().handlers_for(unchecked(42))
+@pytest.mark.parametrize(("bad", "shown"), [(42, "42"), ([], r"\[\]")])
+def test_handlers_for_rejects_what_is_not_a_class(bad: object, shown: str) -> None:
+    with pytest.raises(TypeError, match=f"event type {shown} is not a class"):
+        EventRegistry().handlers_for(unchecked(bad))
 
 
 # --- resolution ----------------------------------------------------------------------------------
@@ -1165,12 +1164,6 @@ def test_mediator_shows_its_parts() -> None:
         "Mediator(EventRegistry(event_types=0, handlers=0, frozen=False), "
         "publisher=GroupEventPublisher(max_concurrency=3, fail_fast=True), resolve=None)"
     )
-
-
-def test_a_mediator_is_a_publisher_and_the_publishers_are_strategies() -> None:
-    publisher: IPublisher = Mediator(EventRegistry())
-    strategies: list[EventPublisher] = [SequentialEventPublisher(), GroupEventPublisher()]
-    assert callable(publisher.publish) and all(map(callable, strategies))
 
 
 # --- the module ----------------------------------------------------------------------------------
@@ -1509,6 +1502,9 @@ def test_quick_start_example_shows_both_publishers_and_the_declined_card() -> No
     assert "order 2 failed: card 0000 0000 declined for order 2" in done.stdout
     assert "order 2: 1 of 3 handlers of OrderPlaced failed: card 0000 0000 declined" in done.stdout
     assert done.stdout.count("reserved the stock of order 1") == 2
+
+
+# --- benchmark -----------------------------------------------------------------------------------
 
 
 def test_benchmark_checks_its_work_in_a_smoke_run() -> None:
