@@ -589,7 +589,6 @@ class Mediator(_Dispatch):
             handler_types = self._registry.handlers_for(type(event))
         if not handler_types:
             return
-        handlers: list[IEventHandler[Any]]
         if self._inline:
             # Measured: the default publisher's loop, run here rather than behind a call that
             # costs a coroutine, and no list where building the handlers one at a time is the
@@ -602,18 +601,17 @@ class Mediator(_Dispatch):
                 for handler_type in handler_types:
                     await handler_type().handle(event)
                 return
+        resolve = self._resolve
+        handlers: list[IEventHandler[Any]]
+        if resolve is None:
+            handlers = [handler_type() for handler_type in handler_types]
+        else:
             handlers = []
             for handler_type in handler_types:
-                handlers.append(handler_type())
-            for handler in handlers:
-                await handler.handle(event)
-            return
-        resolve = self._resolve
-        handlers = []
-        for handler_type in handler_types:
-            if resolve is None:
-                handlers.append(handler_type())
-            else:
                 built = resolve(handler_type)
                 handlers.append(await built if isinstance(built, Awaitable) else built)
-        await self._publisher(handlers, event)
+        if self._inline:
+            for handler in handlers:
+                await handler.handle(event)
+        else:
+            await self._publisher(handlers, event)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tracemalloc
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1173,7 +1174,9 @@ def test_all_is_exactly_the_public_names() -> None:
     public = {
         name
         for name, value in vars(mediator).items()
-        if not name.startswith("_") and getattr(value, "__module__", None) == "mediator"
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and getattr(value, "__module__", "mediator") == "mediator"
     }
     assert isinstance(mediator.__all__, tuple)
     assert set(mediator.__all__) == public
