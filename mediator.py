@@ -46,7 +46,7 @@ class IEvent(Protocol):
         class OrderPlaced(IEvent):
             order_id: int
 
-    A handler bound to `IEvent` receives every event published.
+    A handler bound to `IEvent` receives every event published whose class derives from it.
     """
 
     __slots__ = ()
@@ -402,7 +402,8 @@ class GroupEventPublisher:
     The first handler runs in the caller's task, the others in child tasks that each get a copy
     of the caller's context, as TaskGroup gives them: do not count on a `ContextVar` that one
     handler sets being seen by another or by the caller. With `max_concurrency=k`, k workers
-    (the caller's task and k - 1 child tasks) take the handlers one after another.
+    (the caller's task and k - 1 child tasks) take the handlers one after another, in bind
+    order; with `fail_fast=True`, once a handler failed no worker starts another.
     """
 
     __slots__ = ("_max_concurrency", "_fail_fast")
