@@ -363,7 +363,8 @@ def print_table(rows: list[Row]) -> None:
     for row in rows:
         verdict = "" if row.met is None else ("met" if row.met else "MISSED")
         target = "" if row.met is None else f"{row.target} {verdict}"
-        print(f"{row.scenario:<{width}}  {row.median_ns:>12,.0f}  {row.ratio:>6.2f}x  {target}")
+        line = f"{row.scenario:<{width}}  {row.median_ns:>12,.0f}  {row.ratio:>6.2f}x  {target}"
+        print(line.rstrip())
 
 
 async def main(mode: str) -> int:
