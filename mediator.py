@@ -435,11 +435,10 @@ class GroupEventPublisher:
         count = len(handlers)
         workers = count if self._max_concurrency is None else min(self._max_concurrency, count)
         errors: list[tuple[int, Exception]] | None = None if self._fail_fast else []
-        pending = enumerate(handlers)
         if workers <= 1:
             # One worker needs no task: running it here saves a task and a loop iteration.
             try:
-                await _drain(pending, event, errors)
+                await _drain(enumerate(handlers), event, errors)
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as error:
@@ -456,6 +455,7 @@ class GroupEventPublisher:
                         except Exception as error:
                             _fail_after_the_others_start(group, error)
                     else:
+                        pending = enumerate(handlers)
                         tasks = [
                             group.create_task(_drain(pending, event, errors))
                             for _ in range(workers - 1)
