@@ -100,14 +100,16 @@ async def build_async(handler_type: type[_T], /) -> _T:
     return handler_type()
 
 
+MakeMediator = Callable[[EventRegistry], Mediator]
+
 # Every way a mediator runs handlers: the inline default loop, the same loop behind the strategy
 # (a resolve given), both resolvers, and the group publisher on each of its paths.
-SEQUENTIAL: dict[str, Callable[[EventRegistry], Mediator]] = {
+SEQUENTIAL: dict[str, MakeMediator] = {
     "default": lambda registry: Mediator(registry),
     "strategy": lambda registry: Mediator(registry, resolve=build),
     "async-resolve": lambda registry: Mediator(registry, resolve=build_async),
 }
-GROUP: dict[str, Callable[[EventRegistry], Mediator]] = {
+GROUP: dict[str, MakeMediator] = {
     "group": lambda registry: Mediator(registry, publisher=GroupEventPublisher()),
     "group-bounded": lambda registry: Mediator(
         registry, publisher=GroupEventPublisher(max_concurrency=2)
@@ -117,7 +119,7 @@ GROUP: dict[str, Callable[[EventRegistry], Mediator]] = {
     ),
 }
 EVERY = SEQUENTIAL | GROUP
-COLLECTING: dict[str, Callable[[EventRegistry], Mediator]] = {
+COLLECTING: dict[str, MakeMediator] = {
     "collecting-sequential": lambda registry: Mediator(
         registry, publisher=SequentialEventPublisher(fail_fast=False)
     ),
@@ -137,7 +139,6 @@ every_setting = pytest.mark.parametrize("make", ALL.values(), ids=ALL.keys())
 sequential = pytest.mark.parametrize("make", SEQUENTIAL.values(), ids=SEQUENTIAL.keys())
 group = pytest.mark.parametrize("make", GROUP.values(), ids=GROUP.keys())
 collecting = pytest.mark.parametrize("make", COLLECTING.values(), ids=COLLECTING.keys())
-MakeMediator = Callable[[EventRegistry], Mediator]
 
 
 # --- publishing ---------------------------------------------------------------------------------
