@@ -2,41 +2,49 @@
 
 An event is something that already happened; it has zero or more handlers. Bind event types to
 lists of handler classes in an `EventRegistry`, then `await Mediator(registry).publish(event)`:
-the handlers run in the caller's task and context, and their errors reach the caller.
+the handlers run in the caller's task and context, their errors reach the caller, and the
+follow-up events they leave in their `events` are published before `publish` returns.
 
     registry = EventRegistry().bind(OrderPlaced, [SendReceipt, ReserveStock])
     await Mediator(registry).publish(OrderPlaced(order_id=7))
 
 Vendoring: copy this file into your project and import from it. It needs Python 3.11 or newer
-and nothing outside the standard library. Licence: MIT. Version 1.0.0 (`__version__`).
+and nothing outside the standard library. Licence: MIT. Version 2.0.0 (`__version__`).
 """
 
-__version__ = "1.0.0"
+__version__ = "2.0.0"
 
 __all__ = (
     "IEvent",
     "IEventHandler",
+    "IEventMiddleware",
     "IPublisher",
     "EventPublisher",
+    "Resolve",
     "EventHandler",
     "MediatorError",
     "DuplicateHandlerError",
     "RegistryFrozenError",
+    "ChainLimitError",
     "EventRegistry",
     "SequentialEventPublisher",
     "GroupEventPublisher",
+    "RecordingPublisher",
     "Mediator",
 )
 
 import abc
 import asyncio
+import contextvars
 import inspect
-from collections.abc import Awaitable, Iterator, Sequence
-from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar, final
+import types
+import typing
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Never, Protocol, Self, TypeVar, final
 
 _EventT = TypeVar("_EventT", bound="IEvent")
 _EventT_contra = TypeVar("_EventT_contra", bound="IEvent", contravariant=True)
-_HandlerT = TypeVar("_HandlerT")
+_T = TypeVar("_T")
 
 
 class IEvent(Protocol):
@@ -46,7 +54,9 @@ class IEvent(Protocol):
         class OrderPlaced(IEvent):
             order_id: int
 
-    A handler bound to `IEvent` receives every event published whose class derives from it.
+    A base whose metaclass conflicts with `Protocol`'s (pydantic, msgspec, attrs) declares the
+    marker instead of inheriting it: `__mediator_event__: ClassVar[Literal[True]] = True`. Either
+    way, handlers and middleware bound to `IEvent` reach every event.
     """
 
     __slots__ = ()
@@ -61,7 +71,8 @@ class IEventHandler(Protocol[_EventT_contra]):
     """A handler of events of type `_EventT_contra`: any class with a matching async `handle`.
 
     Contravariant: a handler of `DomainEvent` is a handler of every subclass of `DomainEvent`.
-    Handlers need not inherit anything, and may name the event parameter as they like.
+    Handlers need not inherit anything, and may name the event parameter as they like. A handler
+    may leave follow-up events in an `events` attribute or property; see `Mediator.publish`.
     """
 
     __slots__ = ()
@@ -70,8 +81,36 @@ class IEventHandler(Protocol[_EventT_contra]):
         """React to `event`; an exception reaches the code that published it."""
 
 
+class IEventMiddleware(Protocol[_EventT_contra]):
+    """Code around each handler of events of type `_EventT_contra`: timing, tracing, retries.
+
+        class Timing:
+            async def handle(self, event: IEvent, handler: object, call_next: CallNext, /) -> None:
+                start = time.perf_counter()
+                await call_next()
+                print(type(handler).__name__, time.perf_counter() - start)
+
+    `call_next()` runs the rest of the chain, then the handler. An exception from `handle` is
+    that handler's failure; catching the handler's exception makes the call a success; not
+    calling `call_next` skips the handler. `handler` is the handler being wrapped, typed as a
+    handler of some event: name it, but run it only through `call_next`. Contravariant, like
+    `IEventHandler`: middleware of `IEvent` can wrap every handler.
+    """
+
+    __slots__ = ()
+
+    async def handle(
+        self,
+        event: _EventT_contra,
+        handler: IEventHandler[Never],
+        call_next: Callable[[], Awaitable[None]],
+        /,
+    ) -> None:
+        """Do what comes before and after the handler, and await `call_next()` to run it."""
+
+
 class IPublisher(Protocol):
-    """What code that only broadcasts events needs: `Mediator` implements it."""
+    """What code that only broadcasts events needs: `Mediator` and `RecordingPublisher` are ones."""
 
     __slots__ = ()
 
@@ -82,7 +121,9 @@ class IPublisher(Protocol):
 class EventPublisher(Protocol):
     """The strategy that runs the built handlers of one event: write your own or use ours.
 
-    `handlers` is never empty; the mediator calls the strategy only when there is work.
+    `handlers` is never empty; the mediator calls the strategy only when there is work. The
+    handlers it gets come wrapped in their middleware, and their follow-ups are taken as each
+    `handle` returns, so a strategy of your own needs to do nothing for either.
     """
 
     __slots__ = ()
@@ -91,13 +132,31 @@ class EventPublisher(Protocol):
         """Run `handlers` on `event` and let their failures reach the caller."""
 
 
-class EventHandler(IEventHandler[_EventT_contra], abc.ABC):
-    """Base class for handlers that want it: subclass `EventHandler[OrderPlaced]`, write `handle`.
+class Resolve(Protocol):
+    """What `Mediator(resolve=...)` takes: from a class, an instance of it or an awaitable of one.
 
-    Inheriting is optional: any class with a matching async `handle` is an `IEventHandler`.
+    A DI container's `get`, plain or async, is one: `Mediator(registry, resolve=container.get)`.
     """
 
     __slots__ = ()
+
+    def __call__(self, cls: type[_T], /) -> _T | Awaitable[_T]:
+        """Build an instance of `cls`, or return an awaitable that does."""
+        ...
+
+
+class EventHandler(IEventHandler[_EventT_contra], abc.ABC):
+    """Base class for handlers that want it: subclass `EventHandler[OrderPlaced]`, write `handle`.
+
+    `events` holds the follow-up events of the last `handle`, none by default; assign it there:
+    `self.events = [OrderShipped(order_id=event.order_id)]` (a subclass with `__slots__` lists
+    "events" in them). Inheriting is optional: any class with a matching async `handle` is an
+    `IEventHandler`.
+    """
+
+    __slots__ = ()
+
+    events: Sequence[IEvent] = ()
 
     @abc.abstractmethod
     async def handle(self, event: _EventT_contra, /) -> None:
@@ -105,15 +164,19 @@ class EventHandler(IEventHandler[_EventT_contra], abc.ABC):
 
 
 class MediatorError(Exception):
-    """Base class of the errors that this module raises for misuse of a registry."""
+    """Base class of the errors that this module raises for misuse of a registry or mediator."""
 
 
 class DuplicateHandlerError(MediatorError, ValueError):
-    """A handler class was bound a second time to the same event type."""
+    """A handler or middleware class was bound a second time to the same event type."""
 
 
 class RegistryFrozenError(MediatorError, RuntimeError):
     """A frozen registry was asked to bind or merge."""
+
+
+class ChainLimitError(MediatorError, RuntimeError):
+    """A chain of follow-up or nested events went past `max_depth`, or `max_follow_ups` ran out."""
 
 
 @final
@@ -125,39 +188,26 @@ class _NoEvent:
     __slots__ = ()
 
 
-class _Dispatch:
-    # The handlers resolved per event type, shared by a registry and its mediators so that
-    # publish reads them with one dict lookup. Both classes derive from this one because type
-    # checkers let a subclass of the declaring class, and no other class, read `_resolved`.
-    __slots__ = ("_resolved",)
-
-    _resolved: dict[type, tuple[type[IEventHandler[Any]], ...]]
+# What a publish of one event type runs: its handler classes in run order, and its middleware
+# classes from the outermost in. The types of the events they take are erased in storage; `bind`
+# checked them, and every lookup goes through a class they were bound to or a subclass of it.
+_Plan = tuple[tuple[type[IEventHandler[Any]], ...], tuple[type[IEventMiddleware[Any]], ...]]
 
 
-@final
-class _BuildFirst(tuple[type[IEventHandler[Any]], ...]):
-    # Handler classes of which one at least runs code of its own when built: the default
-    # publish builds them all before the first runs, as it promises. When building only
-    # allocates, building each just before it runs cannot be told apart, and saves a list.
-    # The mark is on the rarer lists: the common ones stay plain tuples, which index faster.
-    __slots__ = ()
+class _Plans:
+    # The plans per event type, shared by a registry and its mediators so that publish finds
+    # its plan with one dict lookup. Both classes derive from this one because type checkers
+    # let a subclass of the declaring class, and no other class, read `_plans`.
+    __slots__ = ("_plans",)
 
-
-def _builds_trivially(handler_type: type, /) -> bool:
-    # Protocol classes get a placeholder __init__ that becomes object's on first use.
-    placeholder = vars(IEventHandler).get("__init__", object.__init__)
-    return type(handler_type).__call__ is type.__call__ and all(
-        vars(cls).get("__new__", object.__new__) is object.__new__
-        and vars(cls).get("__init__", object.__init__) in (object.__init__, placeholder)
-        for cls in handler_type.__mro__
-    )
+    def __init__(self, plans: dict[type, _Plan], /) -> None:
+        self._plans = plans
 
 
 def _check_event_type(event_type: object, /) -> None:
     if not isinstance(event_type, type):
         raise TypeError(
-            f"event type {event_type!r} is not a class; "
-            f"pass the event class, such as type(event)"
+            f"event type {event_type!r} is not a class; pass the event class, such as type(event)"
         )
     if issubclass(event_type, type):
         raise TypeError(
@@ -166,38 +216,117 @@ def _check_event_type(event_type: object, /) -> None:
         )
 
 
+def _is_protocol(cls: type, /) -> bool:
+    # typing.is_protocol came in 3.13; before it, this attribute is how typing itself tells.
+    return getattr(cls, "_is_protocol", False) is True
+
+
+def _check_bound_class(bound: object, kind: str, event_type: type, /) -> None:
+    where = f"{kind} {{}} bound to {event_type.__qualname__}"
+    origin = typing.get_origin(bound)
+    if isinstance(origin, type):
+        raise TypeError(
+            f"{where.format(repr(bound))} is a parametrised generic; bind {origin.__qualname__} "
+            f"itself: the event type it is bound to decides its type parameter"
+        )
+    if not isinstance(bound, type):
+        if callable(getattr(bound, "handle", None)):
+            fix = f"bind the class {type(bound).__qualname__} instead"
+            raise TypeError(f"{where.format(repr(bound))} is an instance; {fix}")
+        raise TypeError(
+            f"{where.format(repr(bound))} is not a class; "
+            f"bind a class that has an `async def handle(self, event...)` method"
+        )
+    name = bound.__qualname__
+    if _is_protocol(bound):
+        raise TypeError(
+            f"{where.format(name)} is a protocol class, which cannot be built; "
+            f"bind a class that implements it"
+        )
+    handle = getattr(bound, "handle", None)
+    if handle is None:
+        raise TypeError(f"{where.format(name)} has no handle method; define `async def handle`")
+    if not inspect.iscoroutinefunction(handle):
+        raise TypeError(
+            f"{where.format(name)} has a handle that is not `async def`; make it `async def handle`"
+        )
+    owner = next(cls for cls in bound.__mro__ if "handle" in vars(cls))
+    if _is_protocol(owner):
+        raise TypeError(
+            f"{where.format(name)} has only the empty handle of the protocol "
+            f"{owner.__qualname__}; define `async def handle(self, event)` on {name}"
+        )
+    if inspect.isabstract(bound):
+        missing = ", ".join(sorted(getattr(bound, "__abstractmethods__", ())))
+        raise TypeError(f"{where.format(name)} is abstract; implement {missing}")
+
+
+def _check_registry(registry: object, taker: str, /) -> None:
+    if not isinstance(registry, EventRegistry):
+        raise TypeError(
+            f"{taker} takes an EventRegistry; got {registry!r}; "
+            f"build one with EventRegistry().bind(...)"
+        )
+
+
 @final
-class EventRegistry(_Dispatch):
-    """Binds event types to lists of handler classes; modules' registries merge at start-up.
+class EventRegistry(_Plans):
+    """Binds event types to handler and middleware classes; modules' registries merge at start-up.
 
         registry = EventRegistry().bind(OrderPlaced, [SendReceipt]).bind(IEvent, [AuditLog])
 
     A publish of an event runs the handlers bound to its class, then those bound to each base
     class along the MRO; a handler class bound at several levels runs once, at its first place.
-    `bind` and `merge` check everything before they change anything: on error nothing changed.
+    Middleware bound to a class wraps every handler that a publish of it or of a subclass runs,
+    those bound to base classes outside those bound to subclasses. `bind`, `bind_middleware` and
+    `merge` check everything before they change anything: on error nothing changed.
     """
 
-    __slots__ = ("_bindings", "_frozen")
+    __slots__ = ("_handlers", "_middleware", "_classes", "_frozen")
 
     def __init__(self) -> None:
-        # The handlers' event types are erased in storage; `bind` checks them, and every lookup
-        # goes through a class that the handlers were bound to or one of its subclasses.
-        self._bindings: dict[type, list[type[IEventHandler[Any]]]] = {}
         # Cleared in place, never replaced: every `Mediator` of this registry reads this dict.
-        self._resolved = {}
+        super().__init__({})
+        self._handlers: dict[type, tuple[type[IEventHandler[Any]], ...]] = {}
+        self._middleware: dict[type, tuple[type[IEventMiddleware[Any]], ...]] = {}
+        self._classes: dict[type, None] = {}
         self._frozen = False
 
     def __repr__(self) -> str:
-        handlers = sum(map(len, self._bindings.values()))
+        handlers = sum(map(len, self._handlers.values()))
+        middleware = sum(map(len, self._middleware.values()))
+        event_types = len(self._handlers.keys() | self._middleware.keys())
         return (
-            f"EventRegistry(event_types={len(self._bindings)}, handlers={handlers}, "
-            f"frozen={self._frozen})"
+            f"EventRegistry(event_types={event_types}, handlers={handlers}, "
+            f"middleware={middleware}, frozen={self._frozen})"
         )
+
+    def __bool__(self) -> bool:
+        """Whether anything is bound: an empty registry is falsy."""
+        return bool(self._classes)
 
     @property
     def frozen(self) -> bool:
         """Whether `freeze` was called: a frozen registry refuses `bind` and `merge`."""
         return self._frozen
+
+    @property
+    def bindings(self) -> Mapping[type, tuple[type[IEventHandler[Never]], ...]]:
+        """Each event type and the handler classes bound to exactly it, in bind order; read-only."""
+        return types.MappingProxyType(self._handlers)
+
+    @property
+    def middleware_bindings(self) -> Mapping[type, tuple[type[IEventMiddleware[Never]], ...]]:
+        """Each event type and the middleware classes bound to exactly it, in bind order."""
+        return types.MappingProxyType(self._middleware)
+
+    @property
+    def classes(self) -> tuple[type, ...]:
+        """Every handler and middleware class bound, once each, in bind order.
+
+        What to register in a DI container, or to build once at start-up to check that each can.
+        """
+        return tuple(self._classes)
 
     def bind(
         self,
@@ -211,53 +340,78 @@ class EventRegistry(_Dispatch):
         a concrete class with an `async def handle`; `DuplicateHandlerError` for a handler class
         already bound to `event_type`; `RegistryFrozenError` once frozen.
         """
-        self._check_not_frozen("bind")
-        _check_event_type(event_type)
-        if isinstance(handler_types, (type, str)):
-            raise TypeError(
-                f"bind takes a list of handler classes; got {handler_types!r} for "
-                f"{event_type.__qualname__}; write [{getattr(handler_types, '__qualname__', '...')}]"
-            )
-        bound: list[type[IEventHandler[Any]]] = self._bindings.get(event_type, [])
-        seen = set(bound)
-        added: list[type[IEventHandler[Any]]] = []
-        for handler_type in handler_types:
-            _check_handler_type(handler_type, event_type)
-            if handler_type in seen:
-                raise DuplicateHandlerError(
-                    f"handler {handler_type.__qualname__} is already bound to "
-                    f"{event_type.__qualname__}; bind each handler class once per event type"
-                )
-            seen.add(handler_type)
-            added.append(handler_type)
-        if added:
-            self._bindings[event_type] = [*bound, *added]
-            self._resolved.clear()
+        self._handlers = self._add(self._handlers, event_type, handler_types, "handler", "bind")
         return self
+
+    def bind_middleware(
+        self,
+        event_type: type[_EventT] | type[_NoEvent],
+        middleware_types: Sequence[type[IEventMiddleware[_EventT]]],
+        /,
+    ) -> Self:
+        """Append `middleware_types` to the middleware of `event_type`, the first outermost.
+
+        Raises as `bind` does, for middleware classes.
+        """
+        self._middleware = self._add(
+            self._middleware, event_type, middleware_types, "middleware", "bind_middleware"
+        )
+        return self
+
+    def _add(
+        self,
+        table: dict[type, tuple[type[_T], ...]],
+        event_type: type,
+        added: Sequence[type[_T]],
+        kind: str,
+        method: str,
+        /,
+    ) -> dict[type, tuple[type[_T], ...]]:
+        # A new table: `added` appended to the classes of `event_type`, once all are checked.
+        self._check_not_frozen(method)
+        _check_event_type(event_type)
+        if isinstance(added, (type, str)):
+            shown = getattr(added, "__qualname__", "...")
+            raise TypeError(
+                f"{method} takes a list of {kind} classes; got {added!r} for "
+                f"{event_type.__qualname__}; write [{shown}]"
+            )
+        bound = table.get(event_type, ())
+        seen = set(bound)
+        new: list[type[_T]] = []
+        for cls in added:
+            _check_bound_class(cls, kind, event_type)
+            if cls in seen:
+                raise DuplicateHandlerError(
+                    f"{kind} {cls.__qualname__} is already bound to {event_type.__qualname__}; "
+                    f"bind each {kind} class once per event type"
+                )
+            seen.add(cls)
+            new.append(cls)
+        if not new:
+            return table
+        self._classes.update(dict.fromkeys(new))
+        self._plans.clear()
+        return {**table, event_type: (*bound, *new)}
 
     def merge(self, *others: "EventRegistry") -> Self:
         """Append the bindings of `others` after this registry's own, per event type, in order.
 
         Raises `TypeError` for an argument that is not an `EventRegistry`,
-        `DuplicateHandlerError` when the result would bind a handler class twice to one event
-        type, and `RegistryFrozenError` once frozen. The others are left as they were.
+        `DuplicateHandlerError` when the result would bind a class twice to one event type, and
+        `RegistryFrozenError` once frozen. The others are left as they were.
         """
         self._check_not_frozen("merge")
-        merged = {event_type: list(bound) for event_type, bound in self._bindings.items()}
+        handlers = dict(self._handlers)
+        middleware = dict(self._middleware)
+        classes = dict(self._classes)
         for other in others:
             _check_registry(other, "merge")
-            for event_type, handler_types in other._bindings.items():
-                bound = merged.setdefault(event_type, [])
-                for handler_type in handler_types:
-                    if handler_type in bound:
-                        raise DuplicateHandlerError(
-                            f"handler {handler_type.__qualname__} is bound to "
-                            f"{event_type.__qualname__} in more than one merged registry; "
-                            f"bind it in one of them only"
-                        )
-                    bound.append(handler_type)
-        self._bindings = merged
-        self._resolved.clear()
+            _merge_into(handlers, other._handlers, "handler")
+            _merge_into(middleware, other._middleware, "middleware")
+            classes.update(other._classes)
+        self._handlers, self._middleware, self._classes = handlers, middleware, classes
+        self._plans.clear()
         return self
 
     def freeze(self) -> Self:
@@ -271,25 +425,37 @@ class EventRegistry(_Dispatch):
         """The handler classes that a publish of an instance of exactly `event_type` runs.
 
         In the order they run: those bound to `event_type`, then those bound to each base class
-        along its MRO, each once. An empty tuple when there are none.
+        along its MRO (`IEvent` last, also for a class that only declares the marker), each
+        once. An empty tuple when there are none.
         """
+        return self._plan(event_type)[0]
+
+    def middleware_for(
+        self, event_type: type[_EventT] | type[_NoEvent], /
+    ) -> tuple[type[IEventMiddleware[_EventT]], ...]:
+        """The middleware classes around each handler of a publish of exactly `event_type`.
+
+        From the outermost in: those bound to `IEvent`, then along the MRO towards
+        `event_type`, each level in bind order; each class once, at its outermost place.
+        """
+        return self._plan(event_type)[1]
+
+    def _plan(self, event_type: type, /) -> _Plan:
         _check_event_type(event_type)
         try:
-            return self._resolved[event_type]
+            return self._plans[event_type]
         except KeyError:
             pass
-        bindings = self._bindings
-        resolved = tuple(
-            dict.fromkeys(
-                handler_type
-                for cls in event_type.__mro__
-                for handler_type in bindings.get(cls, ())
-            )
+        mro = event_type.__mro__
+        if IEvent not in mro and getattr(event_type, "__mediator_event__", None) is True:
+            mro = (*mro[:-1], IEvent, object)
+        handlers, middleware = self._handlers, self._middleware
+        plan = (
+            tuple(dict.fromkeys(h for cls in mro for h in handlers.get(cls, ()))),
+            tuple(dict.fromkeys(m for cls in reversed(mro) for m in middleware.get(cls, ()))),
         )
-        if not all(map(_builds_trivially, resolved)):
-            resolved = _BuildFirst(resolved)
-        self._resolved[event_type] = resolved
-        return resolved
+        self._plans[event_type] = plan
+        return plan
 
     def _check_not_frozen(self, method: str, /) -> None:
         if self._frozen:
@@ -299,45 +465,31 @@ class EventRegistry(_Dispatch):
             )
 
 
-def _check_registry(registry: object, taker: str, /) -> None:
-    if not isinstance(registry, EventRegistry):
-        raise TypeError(
-            f"{taker} takes an EventRegistry; got {registry!r}; "
-            f"build one with EventRegistry().bind(...)"
-        )
+def _merge_into(
+    table: dict[type, tuple[type[_T], ...]],
+    other: dict[type, tuple[type[_T], ...]],
+    kind: str,
+    /,
+) -> None:
+    for event_type, added in other.items():
+        bound = table.get(event_type, ())
+        seen = set(bound)
+        for cls in added:
+            if cls in seen:
+                raise DuplicateHandlerError(
+                    f"{kind} {cls.__qualname__} is bound to {event_type.__qualname__} in more "
+                    f"than one merged registry; bind it in one of them only"
+                )
+        table[event_type] = (*bound, *added)
 
 
-def _check_handler_type(handler_type: object, event_type: type, /) -> None:
-    where = f"bound to {event_type.__qualname__}"
-    if not isinstance(handler_type, type):
-        if callable(getattr(handler_type, "handle", None)):
-            fix = f"bind the class {type(handler_type).__qualname__} instead"
-            raise TypeError(f"handler {handler_type!r} {where} is an instance; {fix}")
-        fix = "bind a class that has an `async def handle(self, event)` method"
-        raise TypeError(f"handler {handler_type!r} {where} is not a class; {fix}")
-    name = handler_type.__qualname__
-    handle = getattr(handler_type, "handle", None)
-    if handle is None:
-        raise TypeError(
-            f"handler {name} {where} has no handle method; "
-            f"define `async def handle(self, event)` on it"
-        )
-    if not inspect.iscoroutinefunction(handle):
-        raise TypeError(
-            f"handler {name} {where} has a handle that is not `async def`; "
-            f"make it `async def handle(self, event)`"
-        )
-    if inspect.isabstract(handler_type):
-        missing = ", ".join(sorted(getattr(handler_type, "__abstractmethods__", ())))
-        raise TypeError(f"handler {name} {where} is abstract; implement {missing}")
-
-
-def _failures(
-    event: IEvent, errors: Sequence[BaseException], handlers: int, /
-) -> BaseExceptionGroup[BaseException]:
-    # BaseExceptionGroup(...) makes an ExceptionGroup when every error is an Exception.
-    event_type = type(event).__qualname__
-    return BaseExceptionGroup(f"{len(errors)} of {handlers} handlers of {event_type} failed", errors)
+def _check_count(name: str, value: object, /, *, none: str = "") -> None:
+    # bool is an int subclass, but `max_depth=True` is a mistake, never a limit.
+    if isinstance(value, bool) or not isinstance(value, int):
+        expected = "a positive int or None" if none else "a positive int"
+        raise TypeError(f"{name} must be {expected}; got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1; got {value!r}{none}")
 
 
 def _check_fail_fast(fail_fast: object, /) -> None:
@@ -345,14 +497,133 @@ def _check_fail_fast(fail_fast: object, /) -> None:
         raise TypeError(f"fail_fast must be True or False; got {fail_fast!r}")
 
 
+# The chain of event types that led to the publish running in this context, the newest last: the
+# follow-ups of a handler and the events it publishes itself extend it; `max_depth` bounds it.
+_chain: contextvars.ContextVar[tuple[type, ...]] = contextvars.ContextVar(
+    "mediator_chain", default=()
+)
+
+
+def _current_task() -> "asyncio.Task[Any]":
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("publish runs in an asyncio task; await it from a coroutine asyncio runs")
+    return task
+
+
+def _take(handler: object, events: Any, /) -> list[IEvent]:
+    # The follow-ups that a handler left in `events`, taken right after its `handle` returned.
+    # A list is emptied, so that a handler object used again never has one published twice.
+    taken: list[IEvent] = list(events)
+    for event in taken:
+        if getattr(type(event), "__mediator_event__", None) is not True:
+            raise TypeError(
+                f"handler {type(handler).__qualname__} left {event!r} in its events, which is not "
+                f"an event; leave instances of event classes there"
+            )
+    if isinstance(events, list):
+        events.clear()
+    return taken
+
+
+def _discard(handler: object, /) -> None:
+    # A failed handler's follow-ups are never published; a list is emptied for its next call.
+    events = getattr(handler, "events", None)
+    if isinstance(events, list):
+        events.clear()
+
+
+def _failures(
+    event: object, errors: Sequence[BaseException], count: int, /
+) -> BaseExceptionGroup[BaseException]:
+    # BaseExceptionGroup(...) makes an ExceptionGroup when every error is an Exception.
+    event_type = type(event).__qualname__
+    return BaseExceptionGroup(f"{len(errors)} of {count} handlers of {event_type} failed", errors)
+
+
+def _outcome(
+    event: object, count: int, errors: Sequence[BaseException], bare: BaseException | None, /
+) -> BaseException:
+    # What a failed publish raises: `bare` itself, the other errors chained to it as its cause,
+    # or, with nothing to raise bare, every error in one group.
+    others = [error for error in errors if error is not bare]
+    if bare is None:
+        return _failures(event, others, count)
+    if others:
+        group = _failures(event, others, count)
+        # A cause that `bare` already had stays reachable, as the cause of the group.
+        group.__cause__, bare.__cause__ = bare.__cause__, group
+    return bare
+
+
+def _ends(error: BaseException, /) -> bool:
+    # Whether a handler's error ends the publish even when the others should run on: anything
+    # that is not an Exception, and a chain that went past its limits.
+    return not isinstance(error, Exception) or isinstance(error, ChainLimitError)
+
+
+async def _landed(event: object, /) -> asyncio.CancelledError:
+    # The caller was cancelled, yet no CancelledError came out of the handlers: one of them
+    # swallowed it, or it is still pending. One loop turn lands a pending one; else it is made.
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError as cancelled:
+        return cancelled
+    return asyncio.CancelledError(
+        f"the caller was cancelled while a handler of {type(event).__qualname__} swallowed it"
+    )
+
+
+async def _run_in_order(
+    handlers: Sequence[IEventHandler[_EventT]],
+    event: _EventT,
+    fail_fast: bool,
+    follow_ups: list[IEvent] | None,
+    task: "asyncio.Task[Any]",
+    before: int,
+    /,
+) -> None:
+    # What SequentialEventPublisher does in `task`, the caller's, whose cancelling() count was
+    # `before` when the publish began; follow-ups are taken into `follow_ups` when it is a list.
+    errors: list[BaseException] = []
+    bare: BaseException | None = None
+    try:
+        for handler in handlers:
+            try:
+                await handler.handle(event)
+                if follow_ups is not None and (events := getattr(handler, "events", None)):
+                    follow_ups += _take(handler, events)
+            except BaseException as error:
+                _discard(handler)
+                errors.append(error)
+                if fail_fast or _ends(error):
+                    bare = error
+            if task.cancelling() > before:
+                if not isinstance(bare, asyncio.CancelledError):
+                    bare = await _landed(event)
+                break
+            if bare is not None:
+                break
+        if errors or bare is not None:
+            raise _outcome(event, len(handlers), errors, bare)
+    finally:
+        # Each error's traceback holds this frame: keeping them here would make a cycle.
+        errors.clear()
+        bare = None
+
+
 @final
 class SequentialEventPublisher:
-    """Runs the handlers one after another, in order, in the caller's task: the default.
+    """Runs the handlers one after another, in bind order, in the caller's task: the default.
 
-    With `fail_fast=True` the first exception propagates unchanged and the handlers after it do
-    not run. With `fail_fast=False` every handler runs; then, if any raised an `Exception`, one
-    `ExceptionGroup` holds those exceptions in handler order. Cancellation and other
-    `BaseException`s propagate at once under both settings, and no later handler runs.
+    With `fail_fast=True` the first exception propagates unchanged and no later handler runs.
+    With `fail_fast=False` every handler runs; then, if any raised an `Exception`, one
+    `ExceptionGroup` holds those exceptions in handler order. Anything else that a handler
+    raises (`CancelledError`, `KeyboardInterrupt`, `SystemExit`...) ends the publish at once
+    under both settings and propagates bare, with the exceptions collected before it chained as
+    its `__cause__`. Once the caller is cancelled no further handler starts, and a
+    `CancelledError` reaches the caller even when a handler swallowed the cancellation or raised
+    something else instead (chained as its cause).
     """
 
     __slots__ = ("_fail_fast",)
@@ -371,18 +642,182 @@ class SequentialEventPublisher:
 
     async def __call__(self, handlers: Sequence[IEventHandler[_EventT]], event: _EventT, /) -> None:
         """Run `handlers` on `event`, one after another."""
-        if self._fail_fast:
-            for handler in handlers:
-                await handler.handle(event)
-            return
-        errors: list[Exception] = []
-        for handler in handlers:
+        task = _current_task()
+        await _run_in_order(handlers, event, self._fail_fast, None, task, task.cancelling())
+
+
+# What a group publisher raises bare rather than in a group: asyncio and the interpreter act on
+# the first three, which a group would hide from them, and a ChainLimitError is about the whole
+# chain: bare at every level of it, it is what the caller sees, however deep the chain.
+_BARE = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, ChainLimitError)
+
+
+@final
+class _Group:
+    # One publish under GroupEventPublisher: the handler that comes next, what failed, and whom
+    # to cancel when the publish ends early. Child tasks never fail, so the TaskGroup never
+    # cancels the caller: it only starts, cancels and awaits the children.
+    __slots__ = (
+        "_handlers",
+        "_event",
+        "_fail_fast",
+        "_taken",
+        "_next",
+        "_stopped",
+        "_errors",
+        "_tasks",
+        "_caller",
+        "_before",
+        "_caller_busy",
+        "_caller_cancelled",
+    )
+
+    def __init__(
+        self,
+        handlers: Sequence[IEventHandler[_EventT]],
+        event: _EventT,
+        fail_fast: bool,
+        taken: list[list[IEvent] | None] | None,
+        caller: "asyncio.Task[Any]",
+        before: int,
+        /,
+    ) -> None:
+        self._handlers: Sequence[IEventHandler[Any]] = handlers
+        self._event: IEvent = event
+        self._fail_fast = fail_fast
+        self._taken = taken
+        self._next = 0
+        self._stopped = False
+        self._errors: list[tuple[int, BaseException]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._caller = caller
+        self._before = before
+        self._caller_busy = False
+        self._caller_cancelled = False
+
+    async def run(self, max_concurrency: int | None, /) -> None:
+        count = len(self._handlers)
+        workers = count if max_concurrency is None else min(max_concurrency, count)
+        cancelled: asyncio.CancelledError | None = None
+        ordered: list[BaseException] = []
+        try:
             try:
-                await handler.handle(event)
-            except Exception as error:
-                errors.append(error)
-        if errors:
-            raise _failures(event, errors, len(handlers))
+                if workers == 1:
+                    await self._work_in_caller()
+                else:
+                    async with asyncio.TaskGroup() as group:
+                        if max_concurrency is None:
+                            for index in range(count):
+                                if self._stopped:
+                                    break
+                                self._tasks.append(group.create_task(self._run_one(index)))
+                        else:
+                            for _ in range(workers - 1):
+                                self._tasks.append(group.create_task(self._work()))
+                            await self._work_in_caller()
+            except asyncio.CancelledError as error:
+                cancelled = error
+            if cancelled is None and self._caller.cancelling() > self._before:
+                cancelled = await _landed(self._event)
+            if cancelled is None and not self._errors:
+                return
+            if cancelled is None:
+                cancelled_or_bare = next(
+                    (error for _, error in self._errors if isinstance(error, _BARE)), None
+                )
+            else:
+                cancelled_or_bare = cancelled
+            ordered += [error for _, error in sorted(self._errors, key=_first)]
+            raise _outcome(self._event, count, ordered, cancelled_or_bare)
+        finally:
+            # The errors' tracebacks hold this frame, and frames that hold this object: keeping
+            # them in either would make a cycle.
+            self._errors.clear()
+            self._tasks.clear()
+            ordered.clear()
+            cancelled = cancelled_or_bare = None
+
+    async def _run_one(self, index: int, /) -> None:
+        # Run handler `index` in a child task, if no failure or cancellation of the caller came
+        # first. A CancelledError while this task is cancelled is the cancellation (the
+        # caller's, or one that a failure sent), not a failure.
+        if self._stopped or self._caller.cancelling() > self._before:
+            return
+        handler = self._handlers[index]
+        try:
+            await handler.handle(self._event)
+            if self._taken is not None and (events := getattr(handler, "events", None)):
+                self._taken[index] = _take(handler, events)
+        except BaseException as error:
+            _discard(handler)
+            if not (isinstance(error, asyncio.CancelledError) and _current_task().cancelling()):
+                self._fail(index, error)
+
+    async def _work(self) -> None:
+        # A child worker under max_concurrency: handlers one after another, until it is
+        # cancelled or none is left.
+        task = _current_task()
+        while self._next < len(self._handlers) and not task.cancelling():
+            index = self._next
+            self._next += 1
+            await self._run_one(index)
+
+    async def _work_in_caller(self) -> None:
+        # The caller's share of the handlers, run in its own task. A failure elsewhere cancels
+        # the handler running here by cancelling the caller, and takes that back once it ends.
+        caller, before = self._caller, self._before
+        failure: BaseException | None = None
+        try:
+            while self._next < len(self._handlers) and not self._stopped:
+                index = self._next
+                self._next += 1
+                handler = self._handlers[index]
+                self._caller_busy = True
+                try:
+                    await handler.handle(self._event)
+                    if self._taken is not None and (events := getattr(handler, "events", None)):
+                        self._taken[index] = _take(handler, events)
+                except BaseException as error:
+                    _discard(handler)
+                    failure = error
+                finally:
+                    self._caller_busy = False
+                sent = self._caller_cancelled
+                if sent:
+                    self._caller_cancelled = False
+                    caller.uncancel()
+                if caller.cancelling() > before:
+                    if failure is not None and not isinstance(failure, asyncio.CancelledError):
+                        self._fail(index, failure)
+                        failure = None
+                    raise failure or await _landed(self._event)
+                if failure is not None and not (sent and isinstance(failure, asyncio.CancelledError)):
+                    self._fail(index, failure)
+                failure = None
+        finally:
+            failure = None
+
+    def _fail(self, index: int, error: BaseException, /) -> None:
+        self._errors.append((index, error))
+        if self._fail_fast or _ends(error):
+            self._stop()
+
+    def _stop(self) -> None:
+        # End the publish early: no handler starts any more, and the running ones are cancelled.
+        if self._stopped:
+            return
+        self._stopped = True
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        if self._caller_busy and current is not self._caller:
+            self._caller_cancelled = True
+            self._caller.cancel()
+
+
+def _first(pair: tuple[int, BaseException], /) -> int:
+    return pair[0]
 
 
 @final
@@ -391,25 +826,27 @@ class GroupEventPublisher:
 
         publisher = GroupEventPublisher(max_concurrency=8, fail_fast=False)
 
-    Handlers start in bind order. With `fail_fast=True` the first failure cancels the others;
-    with `fail_fast=False` every handler runs to its end. Failures then propagate as one
-    exception group, even a single failure, so that `except*` always works: an `ExceptionGroup`
-    (a `BaseExceptionGroup` if a `BaseException` is among them), in handler order when
-    `fail_fast=False`. `CancelledError`, `KeyboardInterrupt` and `SystemExit` propagate bare; a
-    handler's own `CancelledError` raised in a child task does so once the others finished.
-    Cancelling the caller cancels every running handler, and no task started outlives the call.
+    Handlers start in bind order, each in a child task with a copy of the caller's context. With
+    `fail_fast=True` the first failure cancels the running handlers and no other starts; with
+    `fail_fast=False` every handler runs to its end, unless one raises a `BaseException` that is
+    not an `Exception`, which ends the publish as a failure does. Failures then propagate as one
+    exception group, even a single one, so that `except*` always works: an `ExceptionGroup` (a
+    `BaseExceptionGroup` if a `BaseException` is among them), in handler order. A
+    `CancelledError` (the caller's, or a handler's own), `KeyboardInterrupt` and `SystemExit`
+    propagate bare instead, the other failures chained as their `__cause__`. Cancelling the
+    caller cancels every running handler and starts no other; no task started outlives the call.
 
-    The first handler runs in the caller's task, the others in child tasks that each get a copy
-    of the caller's context, as TaskGroup gives them: do not count on a `ContextVar` that one
-    handler sets being seen by another or by the caller. With `max_concurrency=k`, k workers
-    (the caller's task and k - 1 child tasks) take the handlers one after another, in bind
-    order; with `fail_fast=True`, once a handler failed no worker starts another.
+    The caller's task runs handlers itself only as a worker: for a lone handler, and under
+    `max_concurrency=k`, where k workers (the caller's task and k - 1 child tasks) take the
+    handlers one after another, in bind order. The handlers it runs see and set the caller's
+    context, as under the sequential publisher.
     """
 
     __slots__ = ("_max_concurrency", "_fail_fast")
 
     def __init__(self, max_concurrency: int | None = None, *, fail_fast: bool = True) -> None:
-        _check_max_concurrency(max_concurrency)
+        if max_concurrency is not None:
+            _check_count("max_concurrency", max_concurrency, none="; pass None for no limit")
         _check_fail_fast(fail_fast)
         self._max_concurrency = max_concurrency
         self._fail_fast = fail_fast
@@ -432,114 +869,108 @@ class GroupEventPublisher:
 
     async def __call__(self, handlers: Sequence[IEventHandler[_EventT]], event: _EventT, /) -> None:
         """Run `handlers` on `event` concurrently."""
-        count = len(handlers)
-        workers = count if self._max_concurrency is None else min(self._max_concurrency, count)
-        errors: list[tuple[int, Exception]] | None = None if self._fail_fast else []
-        if workers <= 1:
-            # One worker needs no task: running it here saves a task and a loop iteration.
-            try:
-                await _drain(enumerate(handlers), event, errors)
-            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as error:
-                raise _failures(event, [error], count) from None
-        else:
-            try:
-                async with asyncio.TaskGroup() as group:
-                    if errors is None and workers == count:
-                        # Measured: a task per handler with no worker around it, and the first
-                        # handler in the caller's task, beat a hand-written TaskGroup.
-                        tasks = [group.create_task(h.handle(event)) for h in handlers[1:]]
-                        try:
-                            await handlers[0].handle(event)
-                        except Exception as error:
-                            _fail_after_the_others_start(group, error)
-                    else:
-                        pending = enumerate(handlers)
-                        tasks = [
-                            group.create_task(_drain(pending, event, errors))
-                            for _ in range(workers - 1)
-                        ]
-                        await _drain(pending, event, errors)
-            except BaseExceptionGroup as group_error:
-                raise _failures(event, list(group_error.exceptions), count) from None
-            for task in tasks:
-                if task.cancelled():
-                    # A TaskGroup takes a cancelled child for done; as no one cancelled it, a
-                    # handler raised CancelledError itself, and that must reach the caller.
-                    raise asyncio.CancelledError(f"a handler of {type(event).__qualname__}")
-        if errors:
-            raise _failures(event, [error for _, error in sorted(errors)], count)
+        task = _current_task()
+        group = _Group(handlers, event, self._fail_fast, None, task, task.cancelling())
+        await group.run(self._max_concurrency)
 
 
-def _check_max_concurrency(max_concurrency: object, /) -> None:
-    if max_concurrency is None:
-        return
-    # bool is an int subclass, but `max_concurrency=True` is a mistake, never a limit.
-    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
-        raise TypeError(f"max_concurrency must be a positive int or None; got {max_concurrency!r}")
-    if max_concurrency < 1:
-        raise ValueError(
-            f"max_concurrency must be at least 1; got {max_concurrency!r}; pass None for no limit"
+def _refuse_a_class(event: object, /) -> None:
+    if isinstance(event, type):
+        raise TypeError(
+            f"publish takes an event instance; got the class {event.__qualname__}; "
+            f"publish {event.__qualname__}(...) instead"
         )
 
 
-async def _drain(
-    pending: Iterator[tuple[int, IEventHandler[_EventT]]],
-    event: _EventT,
-    errors: list[tuple[int, Exception]] | None,
-    /,
-) -> None:
-    # Workers share one iterator, so each handler runs once and a worker that finishes early
-    # takes the next handler.
-    for index, handler in pending:
-        try:
-            await handler.handle(event)
-        except Exception as error:
-            if errors is None:
-                # Failing fast: once a handler failed, no worker may start another one.
-                for _ in pending:
-                    pass
-                raise
-            errors.append((index, error))
+@final
+class RecordingPublisher:
+    """An `IPublisher` for tests: records every event published through it, in order.
 
+        recorder = RecordingPublisher()
+        await checkout(cart, publisher=recorder)
+        assert recorder.published == (OrderPlaced(order_id=7),)
 
-def _fail_after_the_others_start(group: asyncio.TaskGroup, error: Exception, /) -> None:
-    # In a TaskGroup every handler starts before a failure cancels the others. The first handler
-    # runs in the caller's task, before the others' tasks had their first step, so its failure
-    # goes to the group from a task created after theirs, which keeps that true.
-    task = asyncio.current_task()
-    assert task is not None, "a TaskGroup runs in a task"
-    if task.cancelling():
-        # The group is already aborting and refuses new tasks; the error joins it from here.
-        raise error
+    Given a publisher, a `Mediator` say, it forwards each event there after recording it, so
+    that the handlers run too; an event stays recorded whatever its handlers raised.
+    """
 
-    async def fail() -> None:
-        raise error
+    __slots__ = ("_forward", "_published")
 
-    group.create_task(fail())
+    def __init__(self, forward: IPublisher | None = None, /) -> None:
+        if forward is not None and not callable(getattr(forward, "publish", None)):
+            raise TypeError(
+                f"RecordingPublisher forwards to an IPublisher; got {forward!r}, which has no "
+                f"publish method; pass a Mediator, or nothing to record only"
+            )
+        self._forward = forward
+        self._published: list[IEvent] = []
 
+    def __repr__(self) -> str:
+        return f"RecordingPublisher({self._forward!r}, published={len(self._published)})"
 
-class _Resolve(Protocol):
-    # What `resolve` may be: a plain or async function from a handler class to a handler.
-    __slots__ = ()
+    @property
+    def published(self) -> tuple[IEvent, ...]:
+        """Every event published through this recorder so far, the oldest first."""
+        return tuple(self._published)
 
-    def __call__(self, handler_type: type[_HandlerT], /) -> _HandlerT | Awaitable[_HandlerT]: ...
+    async def publish(self, event: IEvent, /) -> None:
+        """Record `event`, then publish it through the publisher given, if any."""
+        _refuse_a_class(event)
+        self._published.append(event)
+        if self._forward is not None:
+            await self._forward.publish(event)
 
 
 @final
-class Mediator(_Dispatch):
+class _Chained:
+    # A handler inside its middleware chain, which publishers run like any handler. Its `events`
+    # gathers the handler's follow-ups from each call of it that succeeded.
+    __slots__ = ("_handler", "_middleware", "events")
+
+    def __init__(
+        self, handler: IEventHandler[Any], middleware: Sequence[IEventMiddleware[Any]], /
+    ) -> None:
+        self._handler = handler
+        self._middleware = middleware
+        self.events: list[IEvent] = []
+
+    def __repr__(self) -> str:
+        return f"{self._handler!r} in {len(self._middleware)} middleware"
+
+    async def handle(self, event: IEvent, position: int = 0, /) -> None:
+        # The chain from middleware `position` in: a publisher calls it with the event alone.
+        if position < len(self._middleware):
+            await self._middleware[position].handle(
+                event, self._handler, lambda: self.handle(event, position + 1)
+            )
+            return
+        handler = self._handler
+        try:
+            await handler.handle(event)
+        except BaseException:
+            _discard(handler)
+            raise
+        if events := getattr(handler, "events", None):
+            self.events += _take(handler, events)
+
+
+@final
+class Mediator(_Plans):
     """Publishes events to the handlers that a registry binds to them.
 
         mediator = Mediator(registry, publisher=GroupEventPublisher(max_concurrency=8))
         await mediator.publish(OrderPlaced(order_id=7))
 
-    `resolve(handler_type)` builds each handler, plain or `async def` (a DI container's `get`);
-    the default calls `handler_type()` afresh on every publish. A later `bind` or `merge` on the
-    registry takes effect on the next publish.
+    `resolve(cls)` builds each handler and middleware, plain or `async def` (a DI container's
+    `get`); the default calls `cls()` afresh on every publish. A later `bind` or `merge` on the
+    registry takes effect on the next publish. `max_depth` bounds a chain of events, each a
+    follow-up of the one before or published by one of its handlers; `max_follow_ups` bounds
+    the follow-ups of one publish. Both stop a cycle with `ChainLimitError` before it runs away:
+    32 is deeper than any workflow we know of and shallow enough for the error to print on
+    every Python; 10,000 follow-ups of one publish are a batch job, not a reaction.
     """
 
-    __slots__ = ("_registry", "_publisher", "_resolve", "_inline")
+    __slots__ = ("_registry", "_publisher", "_resolve", "_max_depth", "_max_follow_ups", "_inline")
 
     def __init__(
         self,
@@ -547,9 +978,14 @@ class Mediator(_Dispatch):
         /,
         *,
         publisher: EventPublisher = SequentialEventPublisher(),
-        resolve: _Resolve | None = None,
+        resolve: Resolve | None = None,
+        max_depth: int = 32,
+        max_follow_ups: int = 10_000,
     ) -> None:
         _check_registry(registry, "Mediator")
+        if isinstance(publisher, type):
+            name = publisher.__qualname__
+            raise TypeError(f"publisher {name} is a class; pass an instance such as {name}()")
         if not callable(publisher):
             raise TypeError(
                 f"publisher {publisher!r} is not callable; pass an EventPublisher such as "
@@ -557,13 +993,17 @@ class Mediator(_Dispatch):
             )
         if resolve is not None and not callable(resolve):
             raise TypeError(
-                f"resolve {resolve!r} is not callable; pass a function that takes a handler "
-                f"class and returns (or awaits to) a handler"
+                f"resolve {resolve!r} is not callable; pass a function that takes a class and "
+                f"returns (or awaits to) an instance of it"
             )
+        _check_count("max_depth", max_depth)
+        _check_count("max_follow_ups", max_follow_ups)
+        super().__init__(registry._plans)
         self._registry = registry
-        self._resolved = registry._resolved
         self._publisher = publisher
         self._resolve = resolve
+        self._max_depth = max_depth
+        self._max_follow_ups = max_follow_ups
         self._inline = (
             resolve is None and type(publisher) is SequentialEventPublisher and publisher.fail_fast
         )
@@ -571,48 +1011,168 @@ class Mediator(_Dispatch):
     def __repr__(self) -> str:
         return (
             f"Mediator({self._registry!r}, publisher={self._publisher!r}, "
-            f"resolve={self._resolve!r})"
+            f"resolve={self._resolve!r}, max_depth={self._max_depth}, "
+            f"max_follow_ups={self._max_follow_ups})"
         )
 
     async def publish(self, event: IEvent, /) -> None:
-        """Build every handler of `event`, then run them with the publisher.
+        """Build every handler of `event`, run them with the publisher, then the follow-ups.
 
-        If building a handler raises, no handler runs and the error propagates. With no
-        handlers it returns at once. Raises `TypeError` for an event class instead of an event.
+        If building a handler raises, no handler runs and the error propagates. With no handlers
+        it returns at once. Follow-ups are the events that handlers leave in their `events`,
+        taken as each `handle` returns: once every handler of an event succeeded, its follow-ups
+        are published, breadth first, in the order of the handlers that left them; a failure
+        publishes none and ends the publish. `ChainLimitError` when a chain goes past the
+        limits; `TypeError` for an event class instead of an event.
         """
-        handler_types = self._resolved.get(type(event))
-        if handler_types is None:
-            if isinstance(event, type):
-                raise TypeError(
-                    f"publish takes an event instance; got the class {event.__qualname__}; "
-                    f"publish {event.__qualname__}(...) instead"
-                )
-            handler_types = self._registry.handlers_for(type(event))
+        plan = self._plans.get(type(event))
+        if plan is None:
+            plan = self._plan_of(event)
+        handler_types, middleware_types = plan
         if not handler_types:
             return
-        if self._inline:
-            # Measured: the default publisher's loop, run here rather than behind a call that
-            # costs a coroutine, and no list where building the handlers one at a time is the
-            # same as building them all first, keep publish at the cost of a hand-written
-            # `for cls in handlers: await cls().handle(event)`.
-            if len(handler_types) == 1:
-                await handler_types[0]().handle(event)
-                return
-            if type(handler_types) is not _BuildFirst:
-                for handler_type in handler_types:
-                    await handler_type().handle(event)
-                return
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("publish runs in an asyncio task; await it from a coroutine")
+        before = task.cancelling()
+        try:
+            if self._inline and not middleware_types:
+                # Measured: the default publisher's loop, run here rather than behind a call
+                # that costs a coroutine, keeps publish near a hand-written loop's cost. It
+                # leaves the chain as it is: its errors propagate unchanged, and a handler that
+                # publishes again recurses on this task's own stack, whose limit stops it.
+                follow_ups: list[IEvent] | None = None
+                handlers = [handler_type() for handler_type in handler_types]
+                for handler in handlers:
+                    try:
+                        await handler.handle(event)
+                        if events := getattr(handler, "events", None):
+                            follow_ups = (follow_ups or []) + _take(handler, events)
+                    except BaseException:
+                        _discard(handler)
+                        raise
+                    if task.cancelling() > before:
+                        raise await _landed(event)
+                if follow_ups:
+                    chain = (*_chain.get(), type(event))
+                    await self._publish_follow_ups(follow_ups, chain, task, before)
+            else:
+                chain = (*_chain.get(), type(event))
+                if len(chain) > self._max_depth:
+                    raise self._too_deep(chain)
+                follow_ups = await self._run(event, plan, chain, task, before)
+                if follow_ups:
+                    await self._publish_follow_ups(follow_ups, chain, task, before)
+        except BaseException as error:
+            if task.cancelling() > before and not isinstance(error, asyncio.CancelledError):
+                raise await _landed(event) from error
+            raise
+        if task.cancelling() > before:
+            raise await _landed(event)
+
+    def _plan_of(self, event: IEvent, /) -> _Plan:
+        _refuse_a_class(event)
+        self._registry.handlers_for(type(event))
+        return self._plans[type(event)]
+
+    async def _run(
+        self,
+        event: IEvent,
+        plan: _Plan,
+        chain: tuple[type, ...],
+        task: "asyncio.Task[Any]",
+        before: int,
+        /,
+    ) -> list[IEvent] | None:
+        # Build the handlers and middleware of one event, run them, and return its follow-ups.
+        handler_types, middleware_types = plan
+        follow_ups: list[IEvent] = []
+        if self._inline and not middleware_types:
+            # The default publisher's loop, as in publish, where it says why it needs no chain.
+            built = [handler_type() for handler_type in handler_types]
+            await _run_in_order(built, event, True, follow_ups, task, before)
+            return follow_ups
+        token = _chain.set(chain)
+        try:
+            if self._resolve is None:
+                handlers: list[IEventHandler[Any]] = [cls() for cls in handler_types]
+                middleware: list[IEventMiddleware[Any]] = [cls() for cls in middleware_types]
+            else:
+                handlers = await self._resolved(handler_types)
+                middleware = await self._resolved(middleware_types)
+            if middleware:
+                handlers = [_Chained(handler, middleware) for handler in handlers]
+            publisher = self._publisher
+            if type(publisher) is SequentialEventPublisher:
+                await _run_in_order(handlers, event, publisher.fail_fast, follow_ups, task, before)
+                return follow_ups
+            if type(publisher) is GroupEventPublisher:
+                taken: list[list[IEvent] | None] = [None] * len(handlers)
+                group = _Group(handlers, event, publisher.fail_fast, taken, task, before)
+                await group.run(publisher.max_concurrency)
+                return [follow_up for each in taken if each for follow_up in each]
+            chained = [
+                handler if isinstance(handler, _Chained) else _Chained(handler, ())
+                for handler in handlers
+            ]
+            await publisher(chained, event)
+            return [follow_up for each in chained for follow_up in each.events]
+        finally:
+            _chain.reset(token)
+
+    async def _resolved(self, classes: Sequence[type[_T]], /) -> list[_T]:
         resolve = self._resolve
-        handlers: list[IEventHandler[Any]]
-        if resolve is None:
-            handlers = [handler_type() for handler_type in handler_types]
-        else:
-            handlers = []
-            for handler_type in handler_types:
-                built = resolve(handler_type)
-                handlers.append(await built if isinstance(built, Awaitable) else built)
-        if self._inline:
-            for handler in handlers:
-                await handler.handle(event)
-        else:
-            await self._publisher(handlers, event)
+        assert resolve is not None, "only a mediator with a resolve resolves"
+        built: list[_T] = []
+        for cls in classes:
+            made = resolve(cls)
+            if inspect.isawaitable(made):
+                built.append(await made)
+            else:
+                built.append(made)
+        return built
+
+    async def _publish_follow_ups(
+        self, follow_ups: list[IEvent], chain: tuple[type, ...], task: "asyncio.Task[Any]",
+        before: int, /,
+    ) -> None:
+        # Breadth first: every follow-up of one level before any of the next, each level in the
+        # order of the handlers that left them, and each checked against the limits before it runs.
+        level = [(follow_up, chain) for follow_up in follow_ups]
+        published = 0
+        while level:
+            published += len(level)
+            if published > self._max_follow_ups:
+                raise ChainLimitError(
+                    f"a publish of {chain[-1].__qualname__} led to more than "
+                    f"max_follow_ups={self._max_follow_ups} follow-up events, the newest along "
+                    f"{_names((*level[-1][1], type(level[-1][0])))}; break the cycle, or pass "
+                    f"a larger max_follow_ups to Mediator"
+                )
+            next_level: list[tuple[IEvent, tuple[type, ...]]] = []
+            for event, cause in level:
+                event_chain = (*cause, type(event))
+                if len(event_chain) > self._max_depth:
+                    raise self._too_deep(event_chain)
+                plan = self._plans.get(type(event))
+                if plan is None:
+                    plan = self._plan_of(event)
+                if not plan[0]:
+                    continue
+                taken = await self._run(event, plan, event_chain, task, before)
+                if taken:
+                    next_level += [(follow_up, event_chain) for follow_up in taken]
+                if task.cancelling() > before:
+                    raise await _landed(event)
+            level = next_level
+
+    def _too_deep(self, chain: tuple[type, ...], /) -> ChainLimitError:
+        return ChainLimitError(
+            f"the chain of events {_names(chain)} is {len(chain)} long, past "
+            f"max_depth={self._max_depth}: each is a follow-up of the one before or published "
+            f"by one of its handlers; break the cycle, or pass a larger max_depth to Mediator"
+        )
+
+
+def _names(chain: tuple[type, ...], /) -> str:
+    return " -> ".join(event_type.__qualname__ for event_type in chain)
