@@ -708,8 +708,6 @@ class _Group:
                     async with asyncio.TaskGroup() as group:
                         if max_concurrency is None:
                             for index in range(count):
-                                if self._stopped:
-                                    break
                                 self._tasks.append(group.create_task(self._run_one(index)))
                         else:
                             for _ in range(workers - 1):

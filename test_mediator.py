@@ -125,9 +125,18 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 def run(main: Coroutine[Any, Any, _T], /) -> _T:
-    """`asyncio.run(main)`, on the event loop that MEDIATOR_TEST_LOOP names."""
+    """`asyncio.run(main)`, on the event loop that MEDIATOR_TEST_LOOP names.
+
+    A test that would wait forever fails after a minute instead: `main` runs in the runner's
+    task, as it would alone, inside an `asyncio.timeout` that only a hang reaches.
+    """
+
+    async def bounded() -> _T:
+        async with asyncio.timeout(60):
+            return await main
+
     with asyncio.Runner(loop_factory=new_loop) as runner:
-        return runner.run(main)
+        return runner.run(bounded())
 
 
 def blocks_until_cancelled(
@@ -800,6 +809,39 @@ def test_bounded_group_publisher_starts_no_handler_after_one_failed() -> None:
         run(mediator.publish(OrderPlaced(order_id=1)))
     assert caught.value.exceptions == (error,)
     assert log == ["waits", "fails", "waits cancelled"]
+
+
+def test_a_failure_cancels_the_handler_that_the_callers_own_task_runs() -> None:
+    """Three workers, three handlers: one of the two that wait runs in the caller's task."""
+    log: list[str] = []
+    error = Boom("fails once the others started")
+
+    class FailsOnceAllStarted:
+        async def handle(self, event: IEvent, /) -> None:
+            await when_started(log, "first started")
+            await when_started(log, "last started")
+            raise error
+
+    registry = EventRegistry().bind(
+        OrderPlaced,
+        [
+            blocks_until_cancelled(log, "first"),
+            FailsOnceAllStarted,
+            blocks_until_cancelled(log, "last"),
+        ],
+    )
+
+    async def caller() -> int:
+        mediator = Mediator(registry, publisher=GroupEventPublisher(max_concurrency=3))
+        with pytest.raises(ExceptionGroup) as caught:
+            await mediator.publish(OrderPlaced(order_id=1))
+        assert caught.value.exceptions == (error,)
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+
+    assert run(caller()) == 0
+    assert sorted(log) == ["first cancelled", "first started", "last cancelled", "last started"]
 
 
 def test_group_publisher_keeps_a_first_handlers_error_raised_while_the_group_aborts() -> None:
@@ -1994,7 +2036,7 @@ def test_follow_ups_fanning_out_stop_at_max_follow_ups(make: MakeMediator) -> No
             handled.append(event.hop)
             self.events += [Ping(event.hop + 1), Ping(event.hop + 1)]
 
-    mediator = make(bound(EventRegistry(), Ping, Doubles), max_follow_ups=100)
+    mediator = make(bound(EventRegistry(), Ping, Doubles), max_depth=10, max_follow_ups=100)
     with pytest.raises(ChainLimitError, match=r"more than max_follow_ups=100 follow-up events"):
         run(mediator.publish(Ping(hop=0)))
     # 1 + 2 + 4 + 8 + 16 + 32 = 63 handled; the next level of 64 would pass 100, so none of it ran.
@@ -2290,6 +2332,31 @@ def test_a_retry_middleware_runs_the_handler_again_and_keeps_only_its_last_follo
     run(make(registry).publish(OrderPlaced(order_id=1)))
     assert attempts == [1, 2]
     assert log == ["paid 2"]
+
+
+def test_a_cancellation_that_a_custom_publishers_handler_swallowed_still_reaches_the_caller() -> None:
+    log: list[str] = []
+
+    async def publisher(handlers: Sequence[IEventHandler[_EventT]], event: _EventT, /) -> None:
+        for handler in handlers:
+            await handler.handle(event)
+
+    registry = EventRegistry().bind(
+        OrderPlaced, [blocks_until_cancelled(log, "swallows", reaction="swallows")]
+    )
+
+    async def caller() -> None:
+        publishing = asyncio.create_task(
+            Mediator(registry, publisher=publisher).publish(OrderPlaced(order_id=1))
+        )
+        await when_started(log, "swallows started")
+        publishing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await publishing
+        assert publishing.cancelled()
+
+    run(caller())
+    assert log == ["swallows started", "swallows cancelled"]
 
 
 def test_a_custom_publisher_gets_handlers_wrapped_in_their_middleware() -> None:
