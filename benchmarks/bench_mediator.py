@@ -260,7 +260,7 @@ def handlers_label(count: int) -> str:
 async def overhead_rows(times: int, rounds: int) -> list[Row]:
     rows: list[Row] = []
     event = OrderPlaced(1)
-    for count, limit in ((0, 1.3), (1, 1.15), (10, 1.15)):
+    for count, limit in ((0, 1.3), (1, 1.15), (10, 1.2)):
         handlers = handler_classes(count)
         contenders = {
             "hand loop": (hand_loop(handlers), count),
@@ -272,7 +272,7 @@ async def overhead_rows(times: int, rounds: int) -> list[Row]:
         result = await compare(contenders, event, times, rounds)
         rows += table_rows(result, handlers_label(count), "sequential", limit)
     group_times = max(times // 10, 10)
-    for count, limit in ((0, 1.0), (1, 0.3), (10, 1.0)):
+    for count, limit in ((0, 1.0), (1, 0.3), (10, 1.1)):
         handlers = handler_classes(count)
         group = mediator_for(OrderPlaced, handlers, GroupEventPublisher())
         contenders = {
