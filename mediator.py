@@ -677,7 +677,7 @@ class _Group:
         handlers: Sequence[IEventHandler[_EventT]],
         event: _EventT,
         fail_fast: bool,
-        taken: list[list[IEvent] | None] | None,
+        take: bool,
         caller: "asyncio.Task[Any]",
         before: int,
         /,
@@ -685,7 +685,8 @@ class _Group:
         self._handlers: Sequence[IEventHandler[Any]] = handlers
         self._event: IEvent = event
         self._fail_fast = fail_fast
-        self._taken = taken
+        # The follow-ups taken, by the index of the handler that left them; None: take none.
+        self._taken: list[tuple[int, list[IEvent]]] | None = [] if take else None
         self._next = 0
         self._stopped = False
         self._errors: list[tuple[int, BaseException]] = []
@@ -695,7 +696,8 @@ class _Group:
         self._caller_busy = False
         self._caller_cancelled = False
 
-    async def run(self, max_concurrency: int | None, /) -> None:
+    async def run(self, max_concurrency: int | None, /) -> list[IEvent] | None:
+        # Run the handlers; raise what failed, or return the follow-ups in handler order.
         count = len(self._handlers)
         workers = count if max_concurrency is None else min(max_concurrency, count)
         cancelled: asyncio.CancelledError | None = None
@@ -718,7 +720,9 @@ class _Group:
             if cancelled is None and self._caller.cancelling() > self._before:
                 cancelled = await _landed(self._event)
             if cancelled is None and not self._errors:
-                return
+                if not self._taken:
+                    return None
+                return [event for _, taken in sorted(self._taken, key=_first) for event in taken]
             if cancelled is None:
                 cancelled_or_bare = next(
                     (error for _, error in self._errors if isinstance(error, _BARE)), None
@@ -745,7 +749,7 @@ class _Group:
         try:
             await handler.handle(self._event)
             if self._taken is not None and (events := getattr(handler, "events", None)):
-                self._taken[index] = _take(handler, events)
+                self._taken.append((index, _take(handler, events)))
         except BaseException as error:
             _discard(handler)
             if not (isinstance(error, asyncio.CancelledError) and _current_task().cancelling()):
@@ -774,7 +778,7 @@ class _Group:
                 try:
                     await handler.handle(self._event)
                     if self._taken is not None and (events := getattr(handler, "events", None)):
-                        self._taken[index] = _take(handler, events)
+                        self._taken.append((index, _take(handler, events)))
                 except BaseException as error:
                     _discard(handler)
                     failure = error
@@ -814,7 +818,7 @@ class _Group:
             self._caller.cancel()
 
 
-def _first(pair: tuple[int, BaseException], /) -> int:
+def _first(pair: tuple[int, object], /) -> int:
     return pair[0]
 
 
@@ -868,7 +872,7 @@ class GroupEventPublisher:
     async def __call__(self, handlers: Sequence[IEventHandler[_EventT]], event: _EventT, /) -> None:
         """Run `handlers` on `event` concurrently."""
         task = _current_task()
-        group = _Group(handlers, event, self._fail_fast, None, task, task.cancelling())
+        group = _Group(handlers, event, self._fail_fast, False, task, task.cancelling())
         await group.run(self._max_concurrency)
 
 
@@ -1105,10 +1109,8 @@ class Mediator(_Plans):
                 await _run_in_order(handlers, event, publisher.fail_fast, follow_ups, task, before)
                 return follow_ups
             if type(publisher) is GroupEventPublisher:
-                taken: list[list[IEvent] | None] = [None] * len(handlers)
-                group = _Group(handlers, event, publisher.fail_fast, taken, task, before)
-                await group.run(publisher.max_concurrency)
-                return [follow_up for each in taken if each for follow_up in each]
+                group = _Group(handlers, event, publisher.fail_fast, True, task, before)
+                return await group.run(publisher.max_concurrency)
             chained = [
                 handler if isinstance(handler, _Chained) else _Chained(handler, ())
                 for handler in handlers
