@@ -3065,6 +3065,71 @@ def test_checker_finds_no_error_in_the_readme_or_the_examples(report: Report) ->
         assert report.lines(file) == set(), f"{report.checker} on {file}:\n{report.output}"
 
 
+INSTALLED_USER = """\
+import asyncio
+from dataclasses import dataclass
+from typing import assert_type
+
+from mediator import EventRegistry, IEvent, IEventHandler, Mediator
+
+
+@dataclass(frozen=True)
+class OrderPlaced(IEvent):
+    order_id: int
+
+
+class SendReceipt:
+    async def handle(self, event: OrderPlaced) -> None:
+        print(event.order_id)
+
+
+registry = EventRegistry().bind(OrderPlaced, [SendReceipt])
+assert_type(registry.handlers_for(OrderPlaced), tuple[type[IEventHandler[OrderPlaced]], ...])
+asyncio.run(Mediator(registry).publish(OrderPlaced(order_id=1)))
+asyncio.run(Mediator(registry).publish(42))  # rejected
+"""
+
+
+@pytest.mark.checkers
+@pytest.mark.parametrize("artifact", ["wheel", "sdist"])
+def test_an_installed_copy_type_checks_as_the_vendored_file(artifact: str, tmp_path: Path) -> None:
+    """`pip install` of the wheel, or of the sdist, gives mypy and pyright a typed module."""
+    dist, venv, user = tmp_path / "dist", tmp_path / "venv", tmp_path / "user"
+
+    def call(*command: str | Path, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+    build = [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist)]
+    if artifact == "wheel":
+        built = call(*build, "--wheel", ROOT)
+    else:
+        # What pip does with an sdist, offline: build the wheel from the unpacked sdist.
+        built = call(*build, "--sdist", ROOT)
+        [sdist] = dist.glob("*.tar.gz")
+        shutil.unpack_archive(sdist, tmp_path / "unpacked")
+        [unpacked] = (tmp_path / "unpacked").iterdir()
+        built = call(*build, "--wheel", unpacked)
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = dist.glob("*.whl")
+    assert wheel.name.startswith("typed_event_mediator-")
+    assert call(sys.executable, "-m", "venv", venv).returncode == 0
+    python = venv / "bin" / "python"
+    installed = call(python, "-m", "pip", "install", "--no-deps", "--no-index", wheel)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    user.mkdir()
+    (user / "app.py").write_text(INSTALLED_USER)
+    (user / "pyrightconfig.json").write_text(json.dumps(STRICT_PYRIGHT))
+    rejected = {len(INSTALLED_USER.splitlines())}
+    mypy = call(
+        sys.executable, "-m", "mypy", "--strict", "--python-executable", python, "app.py", cwd=user
+    )
+    assert parse_errors("mypy", mypy.stdout) == {"app.py": rejected}, mypy.stdout
+    pyright = shutil.which("pyright", path=str(Path(sys.executable).parent))
+    assert pyright is not None
+    checked = call(pyright, "--outputjson", "--pythonpath", python, "app.py", cwd=user)
+    assert parse_errors("pyright", checked.stdout) == {"app.py": rejected}, checked.stdout
+
+
 @pytest.mark.checkers
 def test_basedpyright_in_its_default_mode_finds_no_error_in_the_module(tmp_path: Path) -> None:
     """A vendored copy meets basedpyright with no configuration at all, not only in strict."""
