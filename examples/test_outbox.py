@@ -1,0 +1,331 @@
+"""The outbox, the relay and the billing service against a real Redis, with their faults.
+
+Each test places orders, breaks something at the worst moment, lets the services recover, then
+counts: every order placed is billed exactly once, and nothing is lost.
+"""
+
+import asyncio
+import os
+import sqlite3
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import closing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis.exceptions
+
+from examples.outbox import billing, relay
+from examples.outbox.relay import redis_client
+from examples.outbox.events import OrderPlaced
+from examples.outbox.orders import OrderService, connect
+from examples.redis_server import RedisServer
+from mediator import EventRegistry, Mediator
+
+ROOT = Path(__file__).resolve().parent.parent
+_T = TypeVar("_T")
+
+
+def run(main: Coroutine[Any, Any, _T], /) -> _T:
+    """`asyncio.run(main)`, failing after two minutes rather than hanging."""
+
+    async def bounded() -> _T:
+        async with asyncio.timeout(120):
+            return await main
+
+    return asyncio.run(bounded())
+
+
+async def place(orders_db: str, customers: list[str]) -> list[OrderPlaced]:
+    with closing(connect(orders_db)) as connection:
+        service = OrderService(connection)
+        return [await service.place_order(name, 100 + i) for i, name in enumerate(customers)]
+
+
+def billed(billing_db: str) -> Counter[int]:
+    """How many times each order was charged."""
+    with closing(sqlite3.connect(billing_db)) as connection:
+        rows = connection.execute("SELECT order_id FROM charges").fetchall()
+    return Counter(order_id for (order_id,) in rows)
+
+
+class Stream:
+    """What Redis holds: the stream's length, and the group's pending and unread entries."""
+
+    def __init__(self, url: str) -> None:
+        self._client = redis_client(url)
+
+    async def length(self) -> int:
+        return await self._client.xlen(relay.STREAM)
+
+    async def settled(self) -> bool:
+        """Whether the group read every entry and acknowledged every one it read."""
+        groups: list[dict[str, int]] = await self._client.xinfo_groups(relay.STREAM)
+        return groups[0]["pending"] == 0 and groups[0]["lag"] == 0
+
+    async def parked(self) -> list[dict[bytes | str, bytes | str]]:
+        entries = await self._client.xrange(billing.PARKED) or []
+        return [fields for _, fields in entries if fields is not None]
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+async def until(done: Callable[[], Awaitable[bool]], what: str) -> None:
+    for _ in range(1500):
+        try:
+            if await done():
+                return
+        except (redis.exceptions.ConnectionError, redis.exceptions.ResponseError, ValueError):
+            pass  # Redis restarting, or the group not made yet
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"still waiting for {what}")
+
+
+async def spawn(module: str, *arguments: str) -> asyncio.subprocess.Process:
+    """A service in a process of its own, as in production, to be killed for real."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *arguments,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def said(process: asyncio.subprocess.Process) -> str:
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 30)
+    if not line and process.stderr is not None:
+        raise AssertionError((await process.stderr.read()).decode())
+    return line.decode().strip()
+
+
+async def serve(
+    orders_db: str,
+    billing_db: str,
+    url: str,
+    *,
+    mediator: Mediator | None = None,
+    retry_after_ms: int = 200,
+) -> tuple[asyncio.Event, asyncio.Task[None], asyncio.Task[None]]:
+    """The relay and a billing consumer, in this process, until the event returned is set."""
+    stop = asyncio.Event()
+    relaying = asyncio.create_task(relay.run(orders_db, url, stop=stop))
+    consuming = asyncio.create_task(
+        billing.run(
+            billing_db,
+            url,
+            consumer="billing-2",
+            stop=stop,
+            mediator=mediator,
+            retry_after_ms=retry_after_ms,
+        )
+    )
+    return stop, relaying, consuming
+
+
+def report(what: str, placed: list[OrderPlaced], charges: Counter[int], **counts: int) -> str:
+    assert set(charges) == {order.order_id for order in placed}, "an order was lost"
+    assert set(charges.values()) == {1}, f"an order was billed twice: {charges}"
+    figures = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in counts.items())
+    summary = f"{what}: placed {len(placed)}, billed {sum(charges.values())}, {figures}"
+    print(f"{summary}; each order billed exactly once, none lost")
+    return summary
+
+
+def test_every_order_placed_is_billed_exactly_once(
+    redis_server: RedisServer, databases: tuple[str, str]
+) -> None:
+    orders_db, billing_db = databases
+
+    async def scenario() -> int:
+        placed = await place(orders_db, [f"customer {i}" for i in range(50)])
+        stream = Stream(redis_server.url)
+        stop, *services = await serve(orders_db, billing_db, redis_server.url)
+        await until(lambda: settled(stream, billing_db, 50), "every order billed")
+        stop.set()
+        await asyncio.gather(*services)
+        length = await stream.length()
+        await stream.close()
+        report("no fault", placed, billed(billing_db), in_the_stream=length)
+        return length
+
+    assert run(scenario()) == 50
+
+
+async def settled(stream: Stream, billing_db: str, count: int) -> bool:
+    return sum(billed(billing_db).values()) >= count and await stream.settled()
+
+
+def test_a_relay_killed_between_sending_and_marking_sent_sends_again_and_nobody_pays_twice(
+    redis_server: RedisServer, databases: tuple[str, str]
+) -> None:
+    orders_db, billing_db = databases
+
+    async def scenario() -> None:
+        placed = await place(orders_db, [f"customer {i}" for i in range(30)])
+        killed = await spawn("examples.outbox.relay", orders_db, redis_server.url, "--pause-after-send")
+        assert await said(killed) == "relay ready"
+        assert await said(killed) == "sent 30"
+        killed.kill()  # SIGKILL: the rows are in the stream, and still unsent in the outbox
+        await killed.wait()
+        stream = Stream(redis_server.url)
+        assert await stream.length() == 30
+        with closing(connect(orders_db)) as orders:
+            assert orders.execute("SELECT COUNT(*) FROM outbox WHERE sent = 0").fetchone() == (30,)
+        stop, *services = await serve(orders_db, billing_db, redis_server.url)
+        await until(lambda: settled(stream, billing_db, 30), "every order billed")
+        stop.set()
+        await asyncio.gather(*services)
+        length = await stream.length()
+        await stream.close()
+        assert length == 60
+        report(
+            "relay killed between sending and marking sent",
+            placed,
+            billed(billing_db),
+            in_the_stream=length,
+            sent_twice=length - len(placed),
+        )
+
+    run(scenario())
+
+
+def test_a_consumer_killed_between_handling_and_acknowledging_is_claimed_again_and_billed_once(
+    redis_server: RedisServer, databases: tuple[str, str]
+) -> None:
+    orders_db, billing_db = databases
+
+    async def scenario() -> None:
+        placed = await place(orders_db, [f"customer {i}" for i in range(20)])
+        stop = asyncio.Event()
+        relaying = asyncio.create_task(relay.run(orders_db, redis_server.url, stop=stop))
+        stream = Stream(redis_server.url)
+        await until(lambda: has(stream, 20), "every order in the stream")
+        killed = await spawn(
+            "examples.outbox.billing",
+            billing_db,
+            redis_server.url,
+            "--consumer",
+            "billing-1",
+            "--pause-before-ack",
+        )
+        assert await said(killed) == "billing ready"
+        first = await said(killed)
+        assert first == f"handled {placed[0].event_id}"
+        killed.kill()  # SIGKILL: billed and committed, never acknowledged
+        await killed.wait()
+        assert billed(billing_db) == {placed[0].order_id: 1}
+        client = redis_client(redis_server.url)
+        pending: dict[str, int] = await client.xpending(relay.STREAM, billing.GROUP)
+        await client.aclose()
+        assert pending["pending"] == 20  # the dead consumer had read them all
+        consuming = asyncio.create_task(
+            billing.run(
+                billing_db, redis_server.url, consumer="billing-2", stop=stop, retry_after_ms=100
+            )
+        )
+        await until(lambda: settled(stream, billing_db, 20), "every order billed")
+        stop.set()
+        await asyncio.gather(relaying, consuming)
+        await stream.close()
+        report(
+            "consumer killed between handling and acknowledging",
+            placed,
+            billed(billing_db),
+            claimed_from_the_dead_consumer=pending["pending"],
+        )
+
+    run(scenario())
+
+
+async def has(stream: Stream, count: int) -> bool:
+    return await stream.length() >= count
+
+
+def test_redis_killed_and_restarted_mid_stream_loses_nothing_with_persistence_on(
+    redis_server: RedisServer, databases: tuple[str, str]
+) -> None:
+    orders_db, billing_db = databases
+
+    async def scenario() -> None:
+        stop, *services = await serve(orders_db, billing_db, redis_server.url)
+        placed: list[OrderPlaced] = []
+        billed_before_the_restart = 0
+        for i in range(120):
+            placed += await place(orders_db, [f"customer {i}"])
+            await asyncio.sleep(0.002)  # the relay and the consumer keep up meanwhile
+            if i == 60:
+                billed_before_the_restart = sum(billed(billing_db).values())
+                redis_server.kill()
+                await asyncio.sleep(0.1)  # both services fail to reach it for a while
+                redis_server.start()
+        stream = Stream(redis_server.url)
+        await until(lambda: settled(stream, billing_db, len(placed)), "every order billed")
+        stop.set()
+        await asyncio.gather(*services)
+        length = await stream.length()
+        await stream.close()
+        assert 0 < billed_before_the_restart < len(placed)
+        report(
+            "Redis killed and restarted mid-stream",
+            placed,
+            billed(billing_db),
+            billed_before_the_kill=billed_before_the_restart,
+            in_the_stream=length,
+        )
+
+    run(scenario())
+
+
+def test_a_failing_billing_handler_is_retried_then_parked_and_nothing_is_lost(
+    redis_server: RedisServer, databases: tuple[str, str]
+) -> None:
+    orders_db, billing_db = databases
+    tries: Counter[str] = Counter()
+
+    class PaymentProvider:
+        """Times out twice for the customer "flaky"; always refuses the customer "blocked"."""
+
+        async def handle(self, event: OrderPlaced) -> None:
+            tries[event.event_id] += 1
+            if event.customer == "flaky" and tries[event.event_id] <= 2:
+                raise TimeoutError("the payment provider timed out")
+            if event.customer == "blocked":
+                raise PermissionError("the card is blocked")
+
+    registry = EventRegistry().merge(billing.registry).bind(OrderPlaced, [PaymentProvider])
+
+    async def scenario() -> None:
+        customers = ["ada"] * 10 + ["flaky"] * 2 + ["blocked"]
+        placed = await place(orders_db, customers)
+        stream = Stream(redis_server.url)
+        stop, *services = await serve(
+            orders_db, billing_db, redis_server.url, mediator=Mediator(registry), retry_after_ms=50
+        )
+        await until(lambda: settled(stream, billing_db, 12), "every order billed or parked")
+        stop.set()
+        await asyncio.gather(*services)
+        parked = await stream.parked()
+        await stream.close()
+        [blocked] = [order for order in placed if order.customer == "blocked"]
+        assert [entry[b"event_id"] for entry in parked] == [blocked.event_id.encode()]
+        assert parked[0][b"tries"] == b"3"
+        assert parked[0][b"error"] == b"PermissionError('the card is blocked')"
+        charges = billed(billing_db)
+        assert blocked.order_id not in charges
+        assert [tries[order.event_id] for order in placed if order.customer == "flaky"] == [3, 3]
+        report(
+            "a billing handler failing",
+            [order for order in placed if order is not blocked],
+            charges,
+            billed_on_the_third_try=2,
+            parked_after_3_tries=len(parked),
+        )
+
+    run(scenario())
