@@ -6,7 +6,9 @@ counts: every order placed is billed exactly once, and nothing is lost.
 
 import asyncio
 import os
+import re
 import sqlite3
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -329,3 +331,16 @@ def test_a_failing_billing_handler_is_retried_then_parked_and_nothing_is_lost(
         )
 
     run(scenario())
+
+
+def test_the_load_benchmark_runs_end_to_end_in_a_small_run() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/bench_outbox.py", "--orders", "100"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "100 orders placed, relayed through Redis and billed in" in done.stdout
+    assert re.search(r"latency from commit to handled: median [\d.]+ ms, p99 [\d.]+ ms", done.stdout)
