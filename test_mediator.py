@@ -3178,9 +3178,23 @@ def readme_blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```$", readme, re.M | re.S)
 
 
+# A block that opens with this line quotes an example, which `pytest examples` runs and checks.
+QUOTE = re.compile(r"^# From (examples/[\w/]+\.py)\n")
+
+
 def readme_program() -> str:
     """The README's Python blocks, in order, as the one program they make together."""
-    return "\n".join(readme_blocks("python"))
+    return "\n".join(block for block in readme_blocks("python") if not QUOTE.match(block))
+
+
+def test_readme_quotes_of_the_examples_are_their_own_lines() -> None:
+    quotes = [block for block in readme_blocks("python") if QUOTE.match(block)]
+    assert len(quotes) >= 3
+    for quote in quotes:
+        match = QUOTE.match(quote)
+        assert match is not None
+        source = (ROOT / match[1]).read_text()
+        assert quote[match.end() :] in source, f"not a verbatim quote of {match[1]}:\n{quote}"
 
 
 def test_readme_python_blocks_run_and_print_what_they_say(tmp_path: Path) -> None:
