@@ -123,7 +123,8 @@ class EventPublisher(Protocol):
 
     `handlers` is never empty; the mediator calls the strategy only when there is work. The
     handlers it gets come wrapped in their middleware, and their follow-ups are taken as each
-    `handle` returns, so a strategy of your own needs to do nothing for either.
+    `handle` returns (a call that failed leaves none), so a strategy of your own needs to do
+    nothing for either.
     """
 
     __slots__ = ()
@@ -483,13 +484,14 @@ def _merge_into(
         table[event_type] = (*bound, *added)
 
 
-def _check_count(name: str, value: object, /, *, none: str = "") -> None:
+def _check_count(name: str, value: object, /, *, or_none: bool = False) -> None:
     # bool is an int subclass, but `max_depth=True` is a mistake, never a limit.
     if isinstance(value, bool) or not isinstance(value, int):
-        expected = "a positive int or None" if none else "a positive int"
+        expected = "a positive int or None" if or_none else "a positive int"
         raise TypeError(f"{name} must be {expected}; got {value!r}")
     if value < 1:
-        raise ValueError(f"{name} must be at least 1; got {value!r}{none}")
+        fix = "; pass None for no limit" if or_none else ""
+        raise ValueError(f"{name} must be at least 1; got {value!r}{fix}")
 
 
 def _check_fail_fast(fail_fast: object, /) -> None:
@@ -618,12 +620,12 @@ class SequentialEventPublisher:
 
     With `fail_fast=True` the first exception propagates unchanged and no later handler runs.
     With `fail_fast=False` every handler runs; then, if any raised an `Exception`, one
-    `ExceptionGroup` holds those exceptions in handler order. Anything else that a handler
-    raises (`CancelledError`, `KeyboardInterrupt`, `SystemExit`...) ends the publish at once
-    under both settings and propagates bare, with the exceptions collected before it chained as
-    its `__cause__`. Once the caller is cancelled no further handler starts, and a
-    `CancelledError` reaches the caller even when a handler swallowed the cancellation or raised
-    something else instead (chained as its cause).
+    `ExceptionGroup` holds those exceptions in handler order. What is not an `Exception`
+    (`CancelledError`, `KeyboardInterrupt`, `SystemExit`...), and a `ChainLimitError`, ends the
+    publish at once under both settings and propagates bare, with the exceptions collected
+    before it chained as its `__cause__`. Once the caller is cancelled no further handler
+    starts, and a `CancelledError` reaches the caller even when a handler swallowed the
+    cancellation or raised something else instead (chained as its cause).
     """
 
     __slots__ = ("_fail_fast",)
@@ -722,14 +724,15 @@ class _Group:
             if cancelled is None and not self._errors:
                 if not self._taken:
                     return None
-                return [event for _, taken in sorted(self._taken, key=_first) for event in taken]
+                by_handler = sorted(self._taken, key=lambda pair: pair[0])
+                return [event for _, taken in by_handler for event in taken]
             if cancelled is None:
                 cancelled_or_bare = next(
                     (error for _, error in self._errors if isinstance(error, _BARE)), None
                 )
             else:
                 cancelled_or_bare = cancelled
-            ordered += [error for _, error in sorted(self._errors, key=_first)]
+            ordered += [error for _, error in sorted(self._errors, key=lambda pair: pair[0])]
             raise _outcome(self._event, count, ordered, cancelled_or_bare)
         finally:
             # The errors' tracebacks hold this frame, and frames that hold this object: keeping
@@ -818,10 +821,6 @@ class _Group:
             self._caller.cancel()
 
 
-def _first(pair: tuple[int, object], /) -> int:
-    return pair[0]
-
-
 @final
 class GroupEventPublisher:
     """Runs the handlers concurrently in an `asyncio.TaskGroup`, at most `max_concurrency` at once.
@@ -830,13 +829,14 @@ class GroupEventPublisher:
 
     Handlers start in bind order, each in a child task with a copy of the caller's context. With
     `fail_fast=True` the first failure cancels the running handlers and no other starts; with
-    `fail_fast=False` every handler runs to its end, unless one raises a `BaseException` that is
-    not an `Exception`, which ends the publish as a failure does. Failures then propagate as one
-    exception group, even a single one, so that `except*` always works: an `ExceptionGroup` (a
-    `BaseExceptionGroup` if a `BaseException` is among them), in handler order. A
-    `CancelledError` (the caller's, or a handler's own), `KeyboardInterrupt` and `SystemExit`
-    propagate bare instead, the other failures chained as their `__cause__`. Cancelling the
-    caller cancels every running handler and starts no other; no task started outlives the call.
+    `fail_fast=False` every handler runs to its end, unless one raises what is not an
+    `Exception`, or a `ChainLimitError`, which ends the publish as a failure does. Failures then
+    propagate as one exception group, even a single one, so that `except*` always works: an
+    `ExceptionGroup` (a `BaseExceptionGroup` if a `BaseException` is among them), in handler
+    order. A `CancelledError` (the caller's, or a handler's own), `KeyboardInterrupt`,
+    `SystemExit` and `ChainLimitError` propagate bare instead, the other failures chained as
+    their `__cause__`. Cancelling the caller cancels every running handler and starts no other;
+    no task started outlives the call, and the caller's `cancelling()` is left as it was.
 
     The caller's task runs handlers itself only as a worker: for a lone handler, and under
     `max_concurrency=k`, where k workers (the caller's task and k - 1 child tasks) take the
@@ -848,7 +848,7 @@ class GroupEventPublisher:
 
     def __init__(self, max_concurrency: int | None = None, *, fail_fast: bool = True) -> None:
         if max_concurrency is not None:
-            _check_count("max_concurrency", max_concurrency, none="; pass None for no limit")
+            _check_count("max_concurrency", max_concurrency, or_none=True)
         _check_fail_fast(fail_fast)
         self._max_concurrency = max_concurrency
         self._fail_fast = fail_fast
@@ -967,9 +967,10 @@ class Mediator(_Plans):
     `get`); the default calls `cls()` afresh on every publish. A later `bind` or `merge` on the
     registry takes effect on the next publish. `max_depth` bounds a chain of events, each a
     follow-up of the one before or published by one of its handlers; `max_follow_ups` bounds
-    the follow-ups of one publish. Both stop a cycle with `ChainLimitError` before it runs away:
-    32 is deeper than any workflow we know of and shallow enough for the error to print on
-    every Python; 10,000 follow-ups of one publish are a batch job, not a reaction.
+    the follow-ups of one publish. Both stop a cycle with `ChainLimitError` before anything
+    past the limit runs. A chain of 32 reactions is a workflow engine's job, and nested
+    publishes that deep stay far from the interpreter's recursion limit; 10,000 follow-ups of
+    one event are a batch job's.
     """
 
     __slots__ = ("_registry", "_publisher", "_resolve", "_max_depth", "_max_follow_ups", "_inline")
