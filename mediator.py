@@ -1097,12 +1097,13 @@ class Mediator(_Plans):
             return follow_ups
         token = _chain.set(chain)
         try:
-            if self._resolve is None:
+            resolve = self._resolve
+            if resolve is None:
                 handlers: list[IEventHandler[Any]] = [cls() for cls in handler_types]
                 middleware: list[IEventMiddleware[Any]] = [cls() for cls in middleware_types]
             else:
-                handlers = await self._resolved(handler_types)
-                middleware = await self._resolved(middleware_types)
+                handlers = await _resolved(resolve, handler_types)
+                middleware = await _resolved(resolve, middleware_types)
             if middleware:
                 handlers = [_Chained(handler, middleware) for handler in handlers]
             publisher = self._publisher
@@ -1121,21 +1122,13 @@ class Mediator(_Plans):
         finally:
             _chain.reset(token)
 
-    async def _resolved(self, classes: Sequence[type[_T]], /) -> list[_T]:
-        resolve = self._resolve
-        assert resolve is not None, "only a mediator with a resolve resolves"
-        built: list[_T] = []
-        for cls in classes:
-            made = resolve(cls)
-            if inspect.isawaitable(made):
-                built.append(await made)
-            else:
-                built.append(made)
-        return built
-
     async def _publish_follow_ups(
-        self, follow_ups: list[IEvent], chain: tuple[type, ...], task: "asyncio.Task[Any]",
-        before: int, /,
+        self,
+        follow_ups: list[IEvent],
+        chain: tuple[type, ...],
+        task: "asyncio.Task[Any]",
+        before: int,
+        /,
     ) -> None:
         # Breadth first: every follow-up of one level before any of the next, each level in the
         # order of the handlers that left them, and each checked against the limits before it runs.
@@ -1173,6 +1166,18 @@ class Mediator(_Plans):
             f"max_depth={self._max_depth}: each is a follow-up of the one before or published "
             f"by one of its handlers; break the cycle, or pass a larger max_depth to Mediator"
         )
+
+
+async def _resolved(resolve: Resolve, classes: Sequence[type[_T]], /) -> list[_T]:
+    # An instance of each class, built by `resolve` one after another: plain, or awaited.
+    built: list[_T] = []
+    for cls in classes:
+        made = resolve(cls)
+        if inspect.isawaitable(made):
+            built.append(await made)
+        else:
+            built.append(made)
+    return built
 
 
 def _names(chain: tuple[type, ...], /) -> str:
