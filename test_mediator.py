@@ -649,6 +649,96 @@ def test_group_publisher_wraps_a_handlers_own_exception_group_once(make: MakeMed
     assert caught.value.exceptions == (error,)
 
 
+@pytest.mark.parametrize("when", ["at once", "after an await"])
+@pytest.mark.parametrize("limit", [None, 2])
+def test_group_publisher_keeps_every_error_that_a_handler_raised(
+    when: str, limit: int | None
+) -> None:
+    raised: list[BaseException] = []
+
+    class FailsAfterAnAwait:
+        async def handle(self, event: IEvent, /) -> None:
+            try:
+                await asyncio.sleep(0)
+            finally:
+                raised.append(Boom("first, after an await"))
+                raise raised[-1]
+
+    class Fails:
+        async def handle(self, event: IEvent, /) -> None:
+            if when == "after an await":
+                await asyncio.sleep(0)
+            raised.append(Boom("second"))
+            raise raised[-1]
+
+    mediator = Mediator(
+        EventRegistry().bind(OrderPlaced, [FailsAfterAnAwait, Fails]),
+        publisher=GroupEventPublisher(limit),
+    )
+    with pytest.raises(ExceptionGroup) as caught:
+        run(mediator.publish(OrderPlaced(order_id=1)))
+    in_handler_order = sorted(raised, key=lambda error: error.args[0] != "first, after an await")
+    assert raised and leaves(caught.value) == in_handler_order
+
+
+class Alive:
+    """An object that only a handler's frame refers to: it dies with the frame."""
+
+    __slots__ = ("__weakref__",)
+
+
+@dataclass(frozen=True)
+class Weakly(IEvent):
+    """An event that weak references can watch."""
+
+    order_id: int
+
+
+@pytest.mark.parametrize("failure", [Boom, Abort, KeyboardInterrupt, asyncio.CancelledError])
+@every_setting
+def test_a_failed_publish_leaves_no_reference_cycle(
+    make: MakeMediator, failure: type[BaseException]
+) -> None:
+    watched: list[weakref.ref[object]] = []
+
+    class Fails:
+        async def handle(self, event: Weakly, /) -> None:
+            alive = Alive()
+            watched.extend([weakref.ref(self), weakref.ref(alive)])
+            await asyncio.sleep(0)
+            raise failure()
+
+    class FailsToo(Fails):
+        pass
+
+    class Succeeds:
+        async def handle(self, event: Weakly, /) -> None:
+            alive = Alive()
+            watched.extend([weakref.ref(self), weakref.ref(alive)])
+            await asyncio.sleep(0)
+
+    mediator = make(EventRegistry().bind(Weakly, [Fails, Succeeds, FailsToo]))
+
+    async def caller() -> None:
+        event = Weakly(order_id=1)
+        watched.append(weakref.ref(event))
+        try:
+            await mediator.publish(event)
+        except BaseException:
+            pass
+        del event
+
+    gc.collect()
+    gc.disable()
+    try:
+        run(caller())
+        alive = [ref() for ref in watched if ref() is not None]
+    finally:
+        gc.enable()
+    assert len(watched) >= 3
+    assert alive == []
+
+
 # --- concurrency ---------------------------------------------------------------------------------
 
 
@@ -892,96 +982,6 @@ def test_group_handlers_run_in_child_tasks_so_their_context_stays_theirs(fail_fa
 
     assert run(caller()) == "caller's"
     assert len(set(tasks)) == 3
-
-
-@pytest.mark.parametrize("when", ["at once", "after an await"])
-@pytest.mark.parametrize("limit", [None, 2])
-def test_group_publisher_keeps_every_error_that_a_handler_raised(
-    when: str, limit: int | None
-) -> None:
-    raised: list[BaseException] = []
-
-    class FailsAfterAnAwait:
-        async def handle(self, event: IEvent, /) -> None:
-            try:
-                await asyncio.sleep(0)
-            finally:
-                raised.append(Boom("first, after an await"))
-                raise raised[-1]
-
-    class Fails:
-        async def handle(self, event: IEvent, /) -> None:
-            if when == "after an await":
-                await asyncio.sleep(0)
-            raised.append(Boom("second"))
-            raise raised[-1]
-
-    mediator = Mediator(
-        EventRegistry().bind(OrderPlaced, [FailsAfterAnAwait, Fails]),
-        publisher=GroupEventPublisher(limit),
-    )
-    with pytest.raises(ExceptionGroup) as caught:
-        run(mediator.publish(OrderPlaced(order_id=1)))
-    in_handler_order = sorted(raised, key=lambda error: error.args[0] != "first, after an await")
-    assert raised and leaves(caught.value) == in_handler_order
-
-
-class Alive:
-    """An object that only a handler's frame refers to: it dies with the frame."""
-
-    __slots__ = ("__weakref__",)
-
-
-@dataclass(frozen=True)
-class Weakly(IEvent):
-    """An event that weak references can watch."""
-
-    order_id: int
-
-
-@pytest.mark.parametrize("failure", [Boom, Abort, KeyboardInterrupt, asyncio.CancelledError])
-@every_setting
-def test_a_failed_publish_leaves_no_reference_cycle(
-    make: MakeMediator, failure: type[BaseException]
-) -> None:
-    watched: list[weakref.ref[object]] = []
-
-    class Fails:
-        async def handle(self, event: Weakly, /) -> None:
-            alive = Alive()
-            watched.extend([weakref.ref(self), weakref.ref(alive)])
-            await asyncio.sleep(0)
-            raise failure()
-
-    class FailsToo(Fails):
-        pass
-
-    class Succeeds:
-        async def handle(self, event: Weakly, /) -> None:
-            alive = Alive()
-            watched.extend([weakref.ref(self), weakref.ref(alive)])
-            await asyncio.sleep(0)
-
-    mediator = make(EventRegistry().bind(Weakly, [Fails, Succeeds, FailsToo]))
-
-    async def caller() -> None:
-        event = Weakly(order_id=1)
-        watched.append(weakref.ref(event))
-        try:
-            await mediator.publish(event)
-        except BaseException:
-            pass
-        del event
-
-    gc.collect()
-    gc.disable()
-    try:
-        run(caller())
-        alive = [ref() for ref in watched if ref() is not None]
-    finally:
-        gc.enable()
-    assert len(watched) >= 3
-    assert alive == []
 
 
 # --- cancellation --------------------------------------------------------------------------------
