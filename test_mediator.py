@@ -1186,6 +1186,37 @@ def test_once_the_caller_is_cancelled_no_further_handler_starts(make: MakeMediat
     assert [entry for entry in after if entry.endswith("started")] == [], log
 
 
+@pytest.mark.parametrize("quick_first", [True, False], ids=["quick first", "quick second"])
+def test_a_worker_that_finishes_after_the_caller_was_cancelled_starts_no_other_handler(
+    quick_first: bool,
+) -> None:
+    """Which worker gets which handler depends on the task factory: each order covers one."""
+    log: list[str] = []
+    gate = asyncio.Event()
+
+    class Quick:
+        async def handle(self, event: IEvent, /) -> None:
+            log.append("quick started")
+            await gate.wait()
+
+    blocks = blocks_until_cancelled(log, "blocks")
+    first_two: list[type[IEventHandler[IEvent]]] = [Quick, blocks] if quick_first else [blocks, Quick]
+    registry = EventRegistry().bind(OrderPlaced, [*first_two, recording(log, "later started")])
+    mediator = Mediator(registry, publisher=GroupEventPublisher(max_concurrency=2))
+
+    async def caller() -> None:
+        publishing = asyncio.create_task(mediator.publish(OrderPlaced(order_id=1)))
+        await when_started(log, "quick started")
+        await when_started(log, "blocks started")
+        gate.set()  # the quick handler ends in the same loop turn as the caller is cancelled
+        publishing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await publishing
+
+    run(caller())
+    assert "later started" not in log
+
+
 @pytest.mark.parametrize("limit", [None, 2])
 def test_a_caller_cancelled_while_a_failed_group_publish_cleans_up_is_cancelled(
     limit: int | None,
