@@ -1,5 +1,6 @@
-"""A real redis-server for the examples' tests and benchmark: 127.0.0.1, a free port, its own
-folder, and persistence on (an append-only file, fsynced on every write)."""
+"""A real redis-server for the examples' tests, their benchmark and `python -m examples.outbox`:
+127.0.0.1, a free port, its own folder, and persistence on (an append-only file, fsynced on every
+write)."""
 
 import shutil
 import signal
@@ -8,6 +9,11 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+
+MISSING = (
+    "redis-server is not on PATH: apt-get install redis-server (Debian, Ubuntu), "
+    "brew install redis (macOS), or your package manager's equivalent"
+)
 
 
 def free_port() -> int:
@@ -18,7 +24,11 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """Starts, kills and restarts one redis-server; a context manager that stops it at the end."""
+    """Starts, kills and restarts one redis-server; a context manager that stops it at the end.
+
+    The server runs in a session of its own, so that Ctrl-C in a terminal reaches only the
+    process that started it, which stops it last, after the services that use it.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -32,7 +42,7 @@ class RedisServer:
     def start(self) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
-            raise RuntimeError("redis-server is not installed: apt-get install redis-server")
+            raise RuntimeError(MISSING)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
             [
@@ -48,25 +58,35 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 10
-        while not self._answers():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                log = (self.folder / "redis.log").read_text(errors="replace")
-                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{log}")
-            time.sleep(0.01)
+        try:
+            while not self._answers():
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    log = (self.folder / "redis.log").read_text(errors="replace")
+                    raise RuntimeError(f"redis-server did not start on port {self.port}:\n{log}")
+                time.sleep(0.01)
+        except BaseException:
+            self.kill()  # whatever cut the wait short, Ctrl-C included: no server left behind
+            raise
 
     def kill(self) -> None:
         """SIGKILL: what it wrote to its append-only file is all that survives."""
         self._end(signal.SIGKILL)
 
     def stop(self) -> None:
+        """SIGTERM: it writes what it holds and exits; SIGKILL if it has not within 10 s."""
         self._end(signal.SIGTERM)
 
     def _end(self, how: signal.Signals) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(how)
-            self._process.wait(timeout=10)
+        if self._process is not None:
+            self._process.send_signal(how)  # nothing, if it has exited already
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
         self._process = None
 
     def _answers(self) -> bool:

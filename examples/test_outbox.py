@@ -6,27 +6,34 @@ counts: every order placed is billed exactly once, and nothing is lost.
 
 import asyncio
 import os
+import random
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import redis.exceptions
 
 from examples.outbox import billing, relay
-from examples.outbox.relay import redis_client
 from examples.outbox.events import OrderPlaced
 from examples.outbox.orders import OrderService, connect
+from examples.outbox.service import redis_client
 from examples.redis_server import RedisServer
 from mediator import EventRegistry, Mediator
 
 ROOT = Path(__file__).resolve().parent.parent
 _T = TypeVar("_T")
+
+# A block of the examples' README that opens with this line quotes the code it names.
+QUOTE = re.compile(r"^# From (examples/[\w/]+\.py)\n")
 
 
 def run(main: Coroutine[Any, Any, _T], /) -> _T:
@@ -342,7 +349,70 @@ def test_a_failing_billing_handler_is_retried_then_parked_and_nothing_is_lost(
     run(scenario())
 
 
-def test_the_load_benchmark_runs_end_to_end_in_a_small_run() -> None:
+@pytest.mark.parametrize("service", ["relay", "billing"])
+def test_a_busy_service_stops_on_sigterm_with_one_line(
+    service: str, redis_server: RedisServer, databases: tuple[str, str]
+) -> None:
+    """SIGTERM while it relays or bills a backlog, three times: each time it stops at once."""
+    orders_db, billing_db = databases
+
+    def done() -> int:
+        if service == "relay":
+            with closing(sqlite3.connect(orders_db)) as orders:
+                [(sent,)] = orders.execute("SELECT COUNT(*) FROM outbox WHERE sent = 1")
+            return int(sent)
+        return sum(billed(billing_db).values())
+
+    async def scenario() -> None:
+        backlog(orders_db, 10_000)
+        if service == "billing":  # the whole backlog in the stream first
+            client = redis_client(redis_server.url)
+            with closing(connect(orders_db)) as orders:
+                while await relay.relay_batch(orders, client):
+                    pass
+            await client.aclose()
+        database = orders_db if service == "relay" else billing_db
+        for _ in range(3):
+            before = done()
+            process = await spawn(f"examples.outbox.{service}", database, redis_server.url)
+            assert await said(process) == f"{service} ready"
+            try:
+                await until(lambda: is_more(done, before), f"the {service} at work")
+                process.terminate()
+                await asyncio.wait_for(process.wait(), 10)
+            finally:
+                if process.returncode is None:  # it did not stop: no process left behind
+                    process.kill()
+                    await process.wait()
+            assert process.stderr is not None
+            log = (await process.stderr.read()).decode()
+            assert process.returncode == 0, log
+            assert "Traceback" not in log and log.splitlines()[-1].endswith("stopped by SIGTERM")
+        assert done() < 10_000, "the backlog was gone before the last SIGTERM: make it longer"
+
+    run(scenario())
+
+
+def backlog(orders_db: str, count: int) -> None:
+    """`count` events in the outbox, unsent, written at once: more than placing them would."""
+    events = [
+        OrderPlaced(order_id=i, customer=f"customer {i}", total_cents=100, placed_at=time.time())
+        for i in range(count)
+    ]
+    with closing(connect(orders_db)) as orders:
+        orders.execute("BEGIN")
+        orders.executemany(
+            "INSERT INTO outbox (event_id, type, body) VALUES (?, ?, ?)",
+            [(event.event_id, type(event).__name__, event.model_dump_json()) for event in events],
+        )
+        orders.execute("COMMIT")
+
+
+async def is_more(count: Callable[[], int], than: int) -> bool:
+    return count() > than
+
+
+def test_the_load_benchmark_runs_end_to_end_in_a_small_run(redis_installed: None) -> None:
     done = subprocess.run(
         [sys.executable, "benchmarks/bench_outbox.py", "--orders", "100"],
         cwd=ROOT,
@@ -353,3 +423,90 @@ def test_the_load_benchmark_runs_end_to_end_in_a_small_run() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "100 orders placed, relayed through Redis and billed in" in done.stdout
     assert re.search(r"latency from commit to handled: median [\d.]+ ms, p99 [\d.]+ ms", done.stdout)
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="looks for processes in /proc")
+def test_sigint_at_a_random_moment_leaves_nothing_running_and_the_next_run_bills_each_order_once(
+    redis_installed: None, tmp_path: Path
+) -> None:
+    seed = int(os.environ.get("OUTBOX_SIGINT_SEED") or random.randrange(1_000_000))
+    # From 0.2 s on, once the interpreter has started and runs the package's code (a Ctrl-C
+    # before that is Python's own), to 3 s, before the last of 300 orders, 100 a second.
+    moment = round(random.Random(seed).uniform(0.2, 3.0), 2)
+    print(f"SIGINT after {moment} s; OUTBOX_SIGINT_SEED={seed} picks it again")
+    folder = tmp_path / "data"
+    command = [sys.executable, "-m", "examples.outbox", "--orders", "300", "--data", str(folder)]
+    environment = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
+    # A process group of its own, as a terminal gives a command; and SIGINT's default action,
+    # even if pytest was started in the background of a script, which ignores it: a handler
+    # here is reset to the default in the command.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        interrupted = subprocess.Popen(
+            [*command, "--rate", "100"],
+            cwd=ROOT,
+            env=environment,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    time.sleep(moment)  # the moment itself is what the test varies
+    os.killpg(interrupted.pid, signal.SIGINT)
+    try:
+        out, err = interrupted.communicate(timeout=60)
+    finally:
+        if interrupted.returncode is None:  # it hangs: the test fails, and leaves no process
+            interrupted.kill()
+            interrupted.wait()
+    said = f"SIGINT after {moment} s (OUTBOX_SIGINT_SEED={seed}):\n{out}{err}"
+    assert interrupted.returncode == 130, said
+    assert "Traceback" not in out + err, said
+    assert len(err.splitlines()) == 1, said
+    assert running_in(folder) == [], said
+
+    finished = subprocess.run(
+        command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert running_in(folder) == []
+    for name, started in [("relay", "relaying the outbox"), ("billing", "reading the stream")]:
+        log = (folder / f"{name}.log").read_text()
+        assert "Traceback" not in log, log
+        # Each start of the service ended on SIGTERM, within the 10 s before a SIGKILL.
+        assert log.count(started) == log.count("stopped by SIGTERM"), log
+    with closing(sqlite3.connect(folder / "orders.db")) as orders:
+        placed = [order_id for (order_id,) in orders.execute("SELECT order_id FROM orders")]
+    charges = billed(str(folder / "billing.db"))
+    assert len(placed) == 300
+    assert set(charges) == set(placed), "an order was lost"
+    assert set(charges.values()) == {1}, f"an order was billed twice: {charges}"
+    print(err.strip())
+    print(finished.stdout.splitlines()[-3])
+
+
+def running_in(folder: Path) -> list[str]:
+    """The processes that name `folder` on their command line (the services), or run in it
+    (its redis-server, which changes its command line but not its working directory)."""
+    found: list[str] = []
+    for process in Path("/proc").iterdir():
+        try:
+            command = (process / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            directory = os.readlink(process / "cwd")
+        except (OSError, ValueError):
+            continue  # not a process, or one that ended meanwhile
+        if str(folder) in command or directory.startswith(str(folder)):
+            found.append(f"{process.name}: {command}")
+    return found
+
+
+def test_the_examples_readme_quotes_the_code_as_it_is() -> None:
+    readme = (ROOT / "examples" / "README.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```$", readme, re.M | re.S)
+    quotes = [quote for block in blocks if (quote := QUOTE.match(block))]
+    assert quotes
+    for quote in quotes:
+        lines, path = quote.string[quote.end() :], quote[1]
+        assert lines in (ROOT / path).read_text(), f"not a verbatim quote of {path}:\n{lines}"

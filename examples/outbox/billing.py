@@ -1,27 +1,34 @@
 """The billing service: each event of the stream handled once, through its own mediator.
 
-    python -m examples.outbox.billing BILLING_DB REDIS_URL --consumer billing-1
-
 It reads the stream in a consumer group and publishes each event into its own `Mediator`. The
 handlers' writes and the record that the event was handled commit in one SQLite transaction, and
 the entry is acknowledged after that: an event delivered again (sent twice by the relay, or not
 acknowledged before a crash) is found handled and only acknowledged. An entry whose handlers
 failed stays pending and is claimed again after `retry_after_ms`; after `max_tries` deliveries
 it is parked on its own stream, for a person to look at, and acknowledged.
+
+It logs what it does with each batch it reads, and each failure and parked entry. While Redis
+cannot be reached it says so once, tries again less and less often (up to every 2 s), and says
+when Redis is back. Ctrl-C or SIGTERM stops it.
 """
 
 import argparse
 import asyncio
+import logging
 import sqlite3
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import redis.asyncio
 import redis.exceptions
 
+from examples.outbox import RUN_ALONE
 from examples.outbox.events import NotificationEvent, OrderPlaced, from_fields
-from examples.outbox.relay import STREAM, UNAVAILABLE, redis_client
+from examples.outbox.relay import STREAM
+from examples.outbox.service import UNAVAILABLE, Outage, redis_client, serve
 from examples.outbox.storage import open_database, transaction
 from mediator import EventRegistry, Mediator
 
@@ -30,6 +37,11 @@ PARKED = "orders.events.parked"
 
 # A stream entry as redis-py returns it: its id, and its fields.
 Entry = tuple[bytes, dict[bytes, bytes]]
+
+# What became of an entry taken from the stream.
+Outcome = Literal["billed", "already billed", "failed", "parked"]
+
+log = logging.getLogger("billing")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (
@@ -86,8 +98,8 @@ class Billing:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    async def step(self, *, block_ms: int = 100) -> int:
-        """Handle the entries pending too long, or else new ones; how many it took."""
+    async def step(self, *, block_ms: int = 100) -> Counter[Outcome]:
+        """Handle the entries pending too long, or else new ones; what became of them."""
         # Replies as RESP2 gives them: XAUTOCLAIM [cursor, entries, deleted], XREADGROUP
         # [[stream, entries]], each entry (id, fields).
         claimed = await self._client.xautoclaim(
@@ -100,11 +112,9 @@ class Billing:
             )
             for _, stream_entries in read if isinstance(read, list) else []:
                 entries += stream_entries
-        for entry_id, fields in entries:
-            await self._take(entry_id, fields)
-        return len(entries)
+        return Counter([await self._take(entry_id, fields) for entry_id, fields in entries])
 
-    async def _take(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _take(self, entry_id: bytes, fields: dict[bytes, bytes]) -> Outcome:
         event = from_fields(fields)
         connection = self._connection
         seen = connection.execute("SELECT 1 FROM handled WHERE event_id = ?", (event.event_id,))
@@ -122,20 +132,27 @@ class Billing:
                 connection.execute("ROLLBACK")
                 if not isinstance(error, Exception):
                     raise
-                await self._failed(entry_id, fields, error)
-                return
+                return await self._failed(entry_id, fields, error)
             finally:
                 transaction.reset(token)
             if self._before_ack is not None:
                 await self._before_ack(event)
+            outcome: Outcome = "billed"
+        else:
+            outcome = "already billed"
         await self._client.xack(STREAM, GROUP, entry_id)
+        return outcome
 
-    async def _failed(self, entry_id: bytes, fields: dict[bytes, bytes], error: Exception) -> None:
+    async def _failed(
+        self, entry_id: bytes, fields: dict[bytes, bytes], error: Exception
+    ) -> Outcome:
         # Pending it stays, to be claimed again, until it was delivered max_tries times.
         [pending] = await self._client.xpending_range(STREAM, GROUP, entry_id, entry_id, 1)
         tries = int(pending["times_delivered"])
+        event_id = fields[b"event_id"].decode()
         if tries < self._max_tries:
-            return
+            log.warning("event %s failed on try %d: %r", event_id, tries, error)
+            return "failed"
         async with self._client.pipeline(transaction=True) as park:
             park.xadd(
                 PARKED,
@@ -149,6 +166,8 @@ class Billing:
             )
             park.xack(STREAM, GROUP, entry_id)
             await park.execute()
+        log.warning("parked event %s on %s after %d tries: %r", event_id, PARKED, tries, error)
+        return "parked"
 
 
 async def run(
@@ -161,9 +180,11 @@ async def run(
     retry_after_ms: int = 1000,
     before_ack: Callable[[NotificationEvent], Awaitable[None]] | None = None,
 ) -> None:
-    """Consume until `stop` is set (forever without one), riding out Redis restarts."""
+    """Consume until `stop` is set (forever without one), riding out Redis outages."""
     connection = connect(billing_db)
     client = redis_client(redis_url)
+    outage = Outage(redis_url, log)
+    log.info("reading the stream %s at %s as %s, into %s", STREAM, redis_url, consumer, billing_db)
     billing = Billing(
         connection,
         client,
@@ -179,21 +200,43 @@ async def run(
                 if not joined:
                     await billing.join()
                     joined = True
-                await billing.step()
-            except UNAVAILABLE:
+                outcomes = await billing.step()
+            except UNAVAILABLE as error:
                 joined = False
-                await asyncio.sleep(0.1)
+                await outage.wait(error)
+                continue
+            outage.over()
+            if outcomes:
+                log.info("events: %s", ", ".join(f"{n} {what}" for what, n in outcomes.items()))
     finally:
         await client.aclose()
         connection.close()
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("billing_db")
-    parser.add_argument("redis_url")
-    parser.add_argument("--consumer", default="billing-1")
-    parser.add_argument("--retry-after-ms", type=int, default=1000)
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.outbox.billing",
+        description=__doc__,
+        epilog=RUN_ALONE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "billing_db",
+        metavar="BILLING_DB",
+        help="the billing service's SQLite file, made if missing",
+    )
+    parser.add_argument(
+        "redis_url", metavar="REDIS_URL", help="the Redis to read from: redis://127.0.0.1:6379/0"
+    )
+    parser.add_argument(
+        "--consumer", default="billing-1", help="its name in the consumer group (default billing-1)"
+    )
+    parser.add_argument(
+        "--retry-after-ms",
+        type=int,
+        default=1000,
+        help="how long an entry stays pending before it is claimed again (default 1000)",
+    )
     parser.add_argument(
         "--pause-before-ack",
         action="store_true",
@@ -205,15 +248,16 @@ def main(argv: list[str]) -> None:
         print(f"handled {event.event_id}", flush=True)
         await asyncio.Event().wait()
 
-    print("billing ready", flush=True)
-    asyncio.run(
-        run(
+    serve(
+        "billing",
+        lambda stop: run(
             arguments.billing_db,
             arguments.redis_url,
             consumer=arguments.consumer,
+            stop=stop,
             retry_after_ms=arguments.retry_after_ms,
             before_ack=pause if arguments.pause_before_ack else None,
-        )
+        ),
     )
 
 

@@ -4,11 +4,19 @@ A handler must not write to the broker itself: a crash between the database's co
 broker's send loses the event, and a send followed by a rollback invents one. Here the handler
 bound to `NotificationEvent` writes the event to the outbox table, in the order's transaction,
 so both are committed or neither is; the relay sends them on afterwards.
+
+Run alone, it places a few orders; Ctrl-C rolls back the one under way.
 """
 
+import argparse
+import asyncio
+import signal
 import sqlite3
+import sys
 import time
+from contextlib import closing
 
+from examples.outbox import RUN_ALONE
 from examples.outbox.events import NotificationEvent, OrderPlaced
 from examples.outbox.storage import open_database, transaction
 from mediator import EventRegistry, Mediator
@@ -27,7 +35,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent INTEGER NOT NULL DEFAULT 0
 );
 """
-
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -77,3 +84,38 @@ class OrderService:
         finally:
             transaction.reset(token)
         return placed
+
+
+async def place_orders(orders_db: str, count: int) -> None:
+    with closing(connect(orders_db)) as connection:
+        service = OrderService(connection)
+        for number in range(count):
+            await asyncio.sleep(0)  # a turn of the loop, where Ctrl-C's cancellation lands
+            order = await service.place_order(f"customer {number}", 100 + number)
+            print(f"placed order {order.order_id}, event {order.event_id}", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.outbox.orders",
+        description=__doc__,
+        epilog=RUN_ALONE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "orders_db", metavar="ORDERS_DB", help="the order service's SQLite file, made if missing"
+    )
+    parser.add_argument("--count", type=int, default=10, help="how many orders (default 10)")
+    arguments = parser.parse_args(argv)
+    # Ctrl-C from here on is asyncio.run's: it cancels the order under way, which rolls back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        asyncio.run(place_orders(arguments.orders_db, arguments.count))
+    except KeyboardInterrupt:
+        print("interrupted: the orders printed above are placed, no other", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,35 +1,29 @@
 """The relay: moves outbox rows to a Redis Stream in order, then marks them sent.
 
-    python -m examples.outbox.relay ORDERS_DB REDIS_URL
-
 It sends before it marks: a relay that dies in between sends those rows again once it restarts,
-so the stream may carry an event twice but never loses one, and the consumer, which handles
-each event id once, makes a second copy harmless.
+so the stream may carry an event twice but never loses one, and the billing service, which
+handles each event id once, makes a second copy harmless.
+
+It logs each batch it sends. While Redis cannot be reached it says so once, tries again less and
+less often (up to every 2 s), and says when Redis is back. Ctrl-C or SIGTERM stops it.
 """
 
 import argparse
 import asyncio
+import logging
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 import redis.asyncio
-import redis.exceptions
 
+from examples.outbox import RUN_ALONE
 from examples.outbox.orders import connect
+from examples.outbox.service import UNAVAILABLE, Outage, redis_client, serve
 
 STREAM = "orders.events"
 
-# Errors that a restarting Redis causes: the relay waits and goes on.
-UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-
-
-def redis_client(url: str) -> redis.asyncio.Redis:
-    """A client of the Redis at `url` (redis://host:port/db)."""
-    parts = urlsplit(url)
-    database = int(parts.path.lstrip("/") or 0)
-    return redis.asyncio.Redis(host=parts.hostname or "127.0.0.1", port=parts.port or 6379, db=database)
+log = logging.getLogger("relay")
 
 
 async def relay_batch(
@@ -52,9 +46,11 @@ async def relay_batch(
         await pipe.execute()
     if after_send is not None:
         await after_send(len(rows))
+    connection.execute("BEGIN IMMEDIATE")  # one transaction, so one fsync, for the batch
     connection.executemany(
         "UPDATE outbox SET sent = 1 WHERE position = ?", [(row[0],) for row in rows]
     )
+    connection.execute("COMMIT")
     return len(rows)
 
 
@@ -66,17 +62,22 @@ async def run(
     after_send: Callable[[int], Awaitable[None]] | None = None,
     idle: float = 0.02,
 ) -> None:
-    """Relay until `stop` is set (forever without one), riding out Redis restarts."""
+    """Relay until `stop` is set (forever without one), riding out Redis outages."""
     connection = connect(orders_db)
     client = redis_client(redis_url)
+    outage = Outage(redis_url, log)
+    log.info("relaying the outbox of %s to the stream %s at %s", orders_db, STREAM, redis_url)
     try:
         while stop is None or not stop.is_set():
             try:
                 moved = await relay_batch(connection, client, after_send=after_send)
-            except UNAVAILABLE:
-                moved = 0
-                await asyncio.sleep(0.1)
-            if not moved:
+            except UNAVAILABLE as error:
+                await outage.wait(error)
+                continue
+            outage.over()
+            if moved:
+                log.info("events sent: %d", moved)
+            else:
                 await asyncio.sleep(idle)
     finally:
         await client.aclose()
@@ -84,9 +85,18 @@ async def run(
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("orders_db")
-    parser.add_argument("redis_url")
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.outbox.relay",
+        description=__doc__,
+        epilog=RUN_ALONE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "orders_db", metavar="ORDERS_DB", help="the order service's SQLite file, made if missing"
+    )
+    parser.add_argument(
+        "redis_url", metavar="REDIS_URL", help="the Redis to send to: redis://127.0.0.1:6379/0"
+    )
     parser.add_argument(
         "--pause-after-send",
         action="store_true",
@@ -98,9 +108,13 @@ def main(argv: list[str]) -> None:
         print(f"sent {count}", flush=True)
         await asyncio.Event().wait()
 
-    print("relay ready", flush=True)
     after_send = pause if arguments.pause_after_send else None
-    asyncio.run(run(arguments.orders_db, arguments.redis_url, after_send=after_send))
+    serve(
+        "relay",
+        lambda stop: run(
+            arguments.orders_db, arguments.redis_url, stop=stop, after_send=after_send
+        ),
+    )
 
 
 if __name__ == "__main__":
