@@ -9,10 +9,10 @@ follow-up events they leave in their `events` are published before `publish` ret
     await Mediator(registry).publish(OrderPlaced(order_id=7))
 
 Vendoring: copy this file into your project and import from it. It needs Python 3.11 or newer
-and nothing outside the standard library. Licence: MIT. Version 2.0.0 (`__version__`).
+and nothing outside the standard library. Licence: MIT. Version 3.0.0 (`__version__`).
 """
 
-__version__ = "2.0.0"
+__version__ = "3.0.0"
 
 __all__ = (
     "IEvent",
@@ -36,11 +36,15 @@ __all__ = (
 import abc
 import asyncio
 import contextvars
+import functools
 import inspect
+import itertools
+import operator
+import reprlib
 import types
 import typing
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ClassVar, Literal, Never, Protocol, Self, TypeVar, final
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Never, Protocol, Self, TypeGuard, TypeVar, final
 
 _EventT = TypeVar("_EventT", bound="IEvent")
 _EventT_contra = TypeVar("_EventT_contra", bound="IEvent", contravariant=True)
@@ -62,8 +66,8 @@ class IEvent(Protocol):
     __slots__ = ()
 
     # An empty protocol would match every object, so `publish(42)` would type-check. This class
-    # variable is the marker that makes "is an event" mean something to a type checker; a class
-    # object cannot match a ClassVar member, so `publish(OrderPlaced)` is rejected too.
+    # variable is the marker that makes "is an event" mean something to a type checker and at run
+    # time; a class object cannot match a ClassVar member, so `publish(OrderPlaced)` is rejected.
     __mediator_event__: ClassVar[Literal[True]] = True
 
 
@@ -72,7 +76,7 @@ class IEventHandler(Protocol[_EventT_contra]):
 
     Contravariant: a handler of `DomainEvent` is a handler of every subclass of `DomainEvent`.
     Handlers need not inherit anything, and may name the event parameter as they like. A handler
-    may leave follow-up events in an `events` attribute or property; see `Mediator.publish`.
+    may leave follow-up events in an `events` attribute or property; see `EventHandler`.
     """
 
     __slots__ = ()
@@ -92,9 +96,10 @@ class IEventMiddleware(Protocol[_EventT_contra]):
 
     `call_next()` runs the rest of the chain, then the handler. An exception from `handle` is
     that handler's failure; catching the handler's exception makes the call a success; not
-    calling `call_next` skips the handler. `handler` is the handler being wrapped, typed as a
-    handler of some event: name it, but run it only through `call_next`. Contravariant, like
-    `IEventHandler`: middleware of `IEvent` can wrap every handler.
+    calling `call_next` skips the handler. The follow-ups of a call count only if every layer
+    returned: an exception that leaves a layer drops those gathered inside it, even when a layer
+    outside catches it. `handler` is the handler being wrapped, typed as a handler of some event:
+    name it, but run it only through `call_next`. Contravariant, like `IEventHandler`.
     """
 
     __slots__ = ()
@@ -121,10 +126,10 @@ class IPublisher(Protocol):
 class EventPublisher(Protocol):
     """The strategy that runs the built handlers of one event: write your own or use ours.
 
-    `handlers` is never empty; the mediator calls the strategy only when there is work. The
-    handlers it gets come wrapped in their middleware, and their follow-ups are taken as each
-    `handle` returns (a call that failed leaves none), so a strategy of your own needs to do
-    nothing for either.
+    The mediator calls it only when there is work, so `handlers` is never empty. Each handler it
+    gets is wrapped: its `handle` starts nothing once the caller of `publish` is cancelled, runs
+    the handler's middleware, and keeps its follow-ups. A strategy of one's own needs to do
+    nothing for any of these; whatever it lets propagate reaches the caller.
     """
 
     __slots__ = ()
@@ -149,15 +154,30 @@ class Resolve(Protocol):
 class EventHandler(IEventHandler[_EventT_contra], abc.ABC):
     """Base class for handlers that want it: subclass `EventHandler[OrderPlaced]`, write `handle`.
 
-    `events` holds the follow-up events of the last `handle`, none by default; assign it there:
-    `self.events = [OrderShipped(order_id=event.order_id)]` (a subclass with `__slots__` lists
-    "events" in them). Inheriting is optional: any class with a matching async `handle` is an
-    `IEventHandler`.
+        class ShipWhenPaid(EventHandler[PaymentReceived]):
+            async def handle(self, event: PaymentReceived) -> None:
+                self.events.append(OrderShipped(order_id=event.order_id))
+
+    `events` is this handler's own list of follow-up events: `handle` appends to it or assigns a
+    new list, and the mediator empties it as it takes them, so a handler object used again never
+    has one published twice. Any class with a matching async `handle` is an `IEventHandler` too;
+    its `events`, if any, may be a list, or any sequence in an attribute or a property with a
+    setter, which the mediator resets to `()`. A read-only property that is not a list cannot be
+    emptied: such a handler resets what it returns at the start of each `handle`.
     """
 
-    __slots__ = ()
+    # A slot, so that a subclass with `__slots__` of its own need not list it.
+    __slots__ = ("events",)
 
-    events: Sequence[IEvent] = ()
+    events: list[IEvent]
+
+    # `__new__`, not `__init__`: every instance gets a list of its own, also one whose class
+    # defines an `__init__` that does not call this one (a dataclass, a handler built by a DI
+    # container), and the `__init__` of a mixin after this class in the MRO still runs.
+    def __new__(cls, *args: object, **kwargs: object) -> Self:
+        handler = super().__new__(cls)
+        handler.events = []
+        return handler
 
     @abc.abstractmethod
     async def handle(self, event: _EventT_contra, /) -> None:
@@ -193,28 +213,36 @@ class _NoEvent:
 # classes from the outermost in. The types of the events they take are erased in storage; `bind`
 # checked them, and every lookup goes through a class they were bound to or a subclass of it.
 _Plan = tuple[tuple[type[IEventHandler[Any]], ...], tuple[type[IEventMiddleware[Any]], ...]]
+_Table = dict[type, tuple[type, ...]]
 
 
-class _Plans:
-    # The plans per event type, shared by a registry and its mediators so that publish finds
-    # its plan with one dict lookup. Both classes derive from this one because type checkers
-    # let a subclass of the declaring class, and no other class, read `_plans`.
-    __slots__ = ("_plans",)
-
-    def __init__(self, plans: dict[type, _Plan], /) -> None:
-        self._plans = plans
-
-
-def _check_event_type(event_type: object, /) -> None:
+def _check_event_type(event_type: object, /) -> type:
     if not isinstance(event_type, type):
         raise TypeError(
-            f"event type {event_type!r} is not a class; pass the event class, such as type(event)"
+            f"event type {reprlib.repr(event_type)} is not a class; pass an event class, "
+            f"such as type(event)"
         )
-    if issubclass(event_type, type):
+    if getattr(event_type, "__mediator_event__", None) is not True:
         raise TypeError(
-            f"event type {event_type.__qualname__} is a metaclass, whose instances are classes; "
-            f"pass the event class itself"
+            f"{event_type.__qualname__} is not an event class; subclass IEvent, or declare "
+            f"`__mediator_event__: ClassVar[Literal[True]] = True` on a base class of it"
         )
+    return event_type
+
+
+def _is_event(value: object, /) -> TypeGuard[IEvent]:
+    return getattr(type(value), "__mediator_event__", None) is True
+
+
+def _not_an_event(event: object, /) -> TypeError:
+    if isinstance(event, type):
+        name = event.__qualname__
+        return TypeError(f"publish takes an event; got the class {name}; publish {name}(...)")
+    return TypeError(
+        f"publish takes an event; got {reprlib.repr(event)}, whose class "
+        f"{type(event).__qualname__} is not an event class; subclass IEvent, or declare "
+        f"`__mediator_event__: ClassVar[Literal[True]] = True` on a base class of it"
+    )
 
 
 def _is_protocol(cls: type, /) -> bool:
@@ -222,8 +250,8 @@ def _is_protocol(cls: type, /) -> bool:
     return getattr(cls, "_is_protocol", False) is True
 
 
-def _check_bound_class(bound: object, kind: str, event_type: type, /) -> None:
-    where = f"{kind} {{}} bound to {event_type.__qualname__}"
+def _check_class(bound: object, where: str, /) -> type:
+    # `where` reads "handler {} bound to OrderPlaced"; the braces take the offending object.
     origin = typing.get_origin(bound)
     if isinstance(origin, type):
         raise TypeError(
@@ -238,40 +266,78 @@ def _check_bound_class(bound: object, kind: str, event_type: type, /) -> None:
             f"{where.format(repr(bound))} is not a class; "
             f"bind a class that has an `async def handle(self, event...)` method"
         )
-    name = bound.__qualname__
     if _is_protocol(bound):
         raise TypeError(
-            f"{where.format(name)} is a protocol class, which cannot be built; "
+            f"{where.format(bound.__qualname__)} is a protocol class, which cannot be built; "
             f"bind a class that implements it"
-        )
-    handle = getattr(bound, "handle", None)
-    if handle is None:
-        raise TypeError(f"{where.format(name)} has no handle method; define `async def handle`")
-    if not inspect.iscoroutinefunction(handle):
-        raise TypeError(
-            f"{where.format(name)} has a handle that is not `async def`; make it `async def handle`"
-        )
-    owner = next(cls for cls in bound.__mro__ if "handle" in vars(cls))
-    if _is_protocol(owner):
-        raise TypeError(
-            f"{where.format(name)} has only the empty handle of the protocol "
-            f"{owner.__qualname__}; define `async def handle(self, event)` on {name}"
         )
     if inspect.isabstract(bound):
         missing = ", ".join(sorted(getattr(bound, "__abstractmethods__", ())))
-        raise TypeError(f"{where.format(name)} is abstract; implement {missing}")
+        raise TypeError(f"{where.format(bound.__qualname__)} is abstract; implement {missing}")
+    return bound
 
 
-def _check_registry(registry: object, taker: str, /) -> None:
-    if not isinstance(registry, EventRegistry):
+def _check_handle(cls: type, where: str, parameters: str, /) -> None:
+    # That `cls().handle(...)` can be awaited with `parameters`, "event" for a handler and
+    # "event, handler, call_next" for middleware, passed positionally.
+    where = where.format(cls.__qualname__)
+    wanted = f"`async def handle(self, {parameters})`"
+    handle = getattr(cls, "handle", None)
+    if handle is None:
+        raise TypeError(f"{where} has no handle method; define {wanted}")
+    if handle in (vars(IEventHandler)["handle"], vars(IEventMiddleware)["handle"]):
+        owner = next(base for base in cls.__mro__ if "handle" in vars(base))
         raise TypeError(
-            f"{taker} takes an EventRegistry; got {registry!r}; "
-            f"build one with EventRegistry().bind(...)"
+            f"{where} has only the empty handle of the protocol {owner.__qualname__}; "
+            f"define {wanted} on {cls.__qualname__}"
         )
+    if not inspect.iscoroutinefunction(handle):
+        raise TypeError(f"{where} has a handle that is not `async def`; make it `async def handle`")
+    # A plain function in the class takes the instance too; a static or class method does not.
+    receiver = 1 if inspect.isfunction(inspect.getattr_static(cls, "handle")) else 0
+    signature = inspect.signature(handle)
+    try:
+        signature.bind(*[None] * (receiver + len(parameters.split(", "))))
+    except TypeError:
+        raise TypeError(
+            f"{where} has handle{signature}, which cannot be called as handle({parameters}); "
+            f"define {wanted}"
+        ) from None
+
+
+def _appended(
+    table: _Table, additions: Iterable[tuple[type, Iterable[object]]], kind: str, method: str, /
+) -> _Table:
+    # A new table: `table` with each (event type, classes) of `additions` appended, in order, once
+    # every class is checked. `table` itself is left as it was.
+    new = dict(table)
+    parameters = "event, handler, call_next" if kind == "middleware" else "event"
+    for given_type, given in additions:
+        event_type = _check_event_type(given_type)
+        if isinstance(given, (str, type)) or not isinstance(given, Sequence):
+            shown = given.__qualname__ if isinstance(given, type) else "..."
+            raise TypeError(
+                f"{method} takes a list of {kind} classes for {event_type.__qualname__}, in the "
+                f"order they run; got {reprlib.repr(given)}; write [{shown}]"
+            )
+        bound = list(new.get(event_type, ()))
+        for each in given:
+            where = f"{kind} {{}} bound to {event_type.__qualname__}"
+            cls = _check_class(each, where)
+            _check_handle(cls, where, parameters)
+            if cls in bound:
+                raise DuplicateHandlerError(
+                    f"{kind} {cls.__qualname__} is bound to {event_type.__qualname__} twice; "
+                    f"bind each {kind} class once per event type, in one registry"
+                )
+            bound.append(cls)
+        if bound:
+            new[event_type] = tuple(bound)
+    return new
 
 
 @final
-class EventRegistry(_Plans):
+class EventRegistry:
     """Binds event types to handler and middleware classes; modules' registries merge at start-up.
 
         registry = EventRegistry().bind(OrderPlaced, [SendReceipt]).bind(IEvent, [AuditLog])
@@ -280,17 +346,20 @@ class EventRegistry(_Plans):
     class along the MRO; a handler class bound at several levels runs once, at its first place.
     Middleware bound to a class wraps every handler that a publish of it or of a subclass runs,
     those bound to base classes outside those bound to subclasses. `bind`, `bind_middleware` and
-    `merge` check everything before they change anything: on error nothing changed.
+    `merge` check everything before they change anything: on error nothing changed. A change is
+    seen by the next lookup in any thread; bind from one thread at a time.
     """
 
-    __slots__ = ("_handlers", "_middleware", "_classes", "_frozen")
+    __slots__ = ("_handlers", "_middleware", "_classes", "_plans", "_frozen")
 
     def __init__(self) -> None:
-        # Cleared in place, never replaced: every `Mediator` of this registry reads this dict.
-        super().__init__({})
-        self._handlers: dict[type, tuple[type[IEventHandler[Any]], ...]] = {}
-        self._middleware: dict[type, tuple[type[IEventMiddleware[Any]], ...]] = {}
+        self._handlers: _Table = {}
+        self._middleware: _Table = {}
         self._classes: dict[type, None] = {}
+        # The plans looked up so far. Every change replaces this dict after the bindings, never
+        # clears it: a lookup that read the bindings before the change stores its plan in the
+        # dict that the change dropped, so the next lookup, in any thread, sees the change.
+        self._plans: dict[type, _Plan] = {}
         self._frozen = False
 
     def __repr__(self) -> str:
@@ -323,7 +392,7 @@ class EventRegistry(_Plans):
 
     @property
     def classes(self) -> tuple[type, ...]:
-        """Every handler and middleware class bound, once each, in bind order.
+        """Every handler and middleware class bound, once each, in the order they were bound.
 
         What to register in a DI container, or to build once at start-up to check that each can.
         """
@@ -337,12 +406,12 @@ class EventRegistry(_Plans):
     ) -> Self:
         """Append `handler_types` to the handlers of `event_type`, in order; return the registry.
 
-        Raises `TypeError` for an event type that is not a class and for a handler that is not
-        a concrete class with an `async def handle`; `DuplicateHandlerError` for a handler class
-        already bound to `event_type`; `RegistryFrozenError` once frozen.
+        Raises `TypeError` for an event type that is not an event class, for a collection with
+        no order (a set), and for a handler that is not a concrete class whose `async def handle`
+        takes the event; `DuplicateHandlerError` for a handler class already bound to
+        `event_type`; `RegistryFrozenError` once frozen.
         """
-        self._handlers = self._add(self._handlers, event_type, handler_types, "handler", "bind")
-        return self
+        return self._append("bind", [(event_type, handler_types)], [])
 
     def bind_middleware(
         self,
@@ -354,46 +423,7 @@ class EventRegistry(_Plans):
 
         Raises as `bind` does, for middleware classes.
         """
-        self._middleware = self._add(
-            self._middleware, event_type, middleware_types, "middleware", "bind_middleware"
-        )
-        return self
-
-    def _add(
-        self,
-        table: dict[type, tuple[type[_T], ...]],
-        event_type: type,
-        added: Sequence[type[_T]],
-        kind: str,
-        method: str,
-        /,
-    ) -> dict[type, tuple[type[_T], ...]]:
-        # A new table: `added` appended to the classes of `event_type`, once all are checked.
-        self._check_not_frozen(method)
-        _check_event_type(event_type)
-        if isinstance(added, (type, str)):
-            shown = getattr(added, "__qualname__", "...")
-            raise TypeError(
-                f"{method} takes a list of {kind} classes; got {added!r} for "
-                f"{event_type.__qualname__}; write [{shown}]"
-            )
-        bound = table.get(event_type, ())
-        seen = set(bound)
-        new: list[type[_T]] = []
-        for cls in added:
-            _check_bound_class(cls, kind, event_type)
-            if cls in seen:
-                raise DuplicateHandlerError(
-                    f"{kind} {cls.__qualname__} is already bound to {event_type.__qualname__}; "
-                    f"bind each {kind} class once per event type"
-                )
-            seen.add(cls)
-            new.append(cls)
-        if not new:
-            return table
-        self._classes.update(dict.fromkeys(new))
-        self._plans.clear()
-        return {**table, event_type: (*bound, *new)}
+        return self._append("bind_middleware", [], [(event_type, middleware_types)])
 
     def merge(self, *others: "EventRegistry") -> Self:
         """Append the bindings of `others` after this registry's own, per event type, in order.
@@ -402,17 +432,31 @@ class EventRegistry(_Plans):
         `DuplicateHandlerError` when the result would bind a class twice to one event type, and
         `RegistryFrozenError` once frozen. The others are left as they were.
         """
-        self._check_not_frozen("merge")
-        handlers = dict(self._handlers)
-        middleware = dict(self._middleware)
-        classes = dict(self._classes)
         for other in others:
             _check_registry(other, "merge")
-            _merge_into(handlers, other._handlers, "handler")
-            _merge_into(middleware, other._middleware, "middleware")
-            classes.update(other._classes)
-        self._handlers, self._middleware, self._classes = handlers, middleware, classes
-        self._plans.clear()
+        handlers = [binding for other in others for binding in other.bindings.items()]
+        middleware = [binding for other in others for binding in other.middleware_bindings.items()]
+        return self._append("merge", handlers, middleware)
+
+    def _append(
+        self,
+        method: str,
+        handlers: Iterable[tuple[type, Iterable[object]]],
+        middleware: Iterable[tuple[type, Iterable[object]]],
+        /,
+    ) -> Self:
+        # The one way bindings change: all checked first, then stored, the plans dropped last.
+        if self._frozen:
+            raise RegistryFrozenError(
+                f"{self!r} is frozen and cannot {method}; "
+                f"bind and merge everything before calling freeze()"
+            )
+        new_handlers = _appended(self._handlers, handlers, "handler", method)
+        new_middleware = _appended(self._middleware, middleware, "middleware", method)
+        added = [*new_handlers.values(), *new_middleware.values()]
+        self._classes = {**self._classes, **dict.fromkeys(cls for row in added for cls in row)}
+        self._handlers, self._middleware = new_handlers, new_middleware
+        self._plans = {}
         return self
 
     def freeze(self) -> Self:
@@ -427,9 +471,9 @@ class EventRegistry(_Plans):
 
         In the order they run: those bound to `event_type`, then those bound to each base class
         along its MRO (`IEvent` last, also for a class that only declares the marker), each
-        once. An empty tuple when there are none.
+        once. An empty tuple when there are none; `TypeError` for a class that is not an event.
         """
-        return self._plan(event_type)[0]
+        return self.plan_for(event_type)[0]
 
     def middleware_for(
         self, event_type: type[_EventT] | type[_NoEvent], /
@@ -439,123 +483,53 @@ class EventRegistry(_Plans):
         From the outermost in: those bound to `IEvent`, then along the MRO towards
         `event_type`, each level in bind order; each class once, at its outermost place.
         """
-        return self._plan(event_type)[1]
+        return self.plan_for(event_type)[1]
 
-    def _plan(self, event_type: type, /) -> _Plan:
-        _check_event_type(event_type)
+    def plan_for(
+        self, event_type: type[_EventT] | type[_NoEvent], /
+    ) -> tuple[tuple[type[IEventHandler[_EventT]], ...], tuple[type[IEventMiddleware[_EventT]], ...]]:
+        """`handlers_for(event_type)` and `middleware_for(event_type)`, from one lookup.
+
+        What `Mediator.publish` asks for each event; computed once per event type and change.
+        """
+        plans = self._plans
         try:
-            return self._plans[event_type]
-        except KeyError:
+            return plans[event_type]
+        except (KeyError, TypeError):  # TypeError: an unhashable object, which _check_event_type names
             pass
-        mro = event_type.__mro__
-        if IEvent not in mro and getattr(event_type, "__mediator_event__", None) is True:
-            mro = (*mro[:-1], IEvent, object)
-        handlers, middleware = self._handlers, self._middleware
-        plan = (
-            tuple(dict.fromkeys(h for cls in mro for h in handlers.get(cls, ()))),
-            tuple(dict.fromkeys(m for cls in reversed(mro) for m in middleware.get(cls, ()))),
-        )
-        self._plans[event_type] = plan
+        plan = plans[event_type] = self._plan(_check_event_type(event_type))
         return plan
 
-    def _check_not_frozen(self, method: str, /) -> None:
-        if self._frozen:
-            raise RegistryFrozenError(
-                f"{self!r} is frozen and cannot {method}; "
-                f"bind and merge everything before calling freeze()"
-            )
+    def _plan(self, event_type: type, /) -> _Plan:
+        mro = event_type.__mro__
+        if IEvent not in mro:  # a class that declares the marker: IEvent's bindings reach it too
+            mro = (*mro[:-1], IEvent, object)
+        handlers, middleware = self._handlers, self._middleware
+        return (
+            tuple(dict.fromkeys(cls for base in mro for cls in handlers.get(base, ()))),
+            tuple(dict.fromkeys(cls for base in reversed(mro) for cls in middleware.get(base, ()))),
+        )
 
 
-def _merge_into(
-    table: dict[type, tuple[type[_T], ...]],
-    other: dict[type, tuple[type[_T], ...]],
-    kind: str,
-    /,
-) -> None:
-    for event_type, added in other.items():
-        bound = table.get(event_type, ())
-        seen = set(bound)
-        for cls in added:
-            if cls in seen:
-                raise DuplicateHandlerError(
-                    f"{kind} {cls.__qualname__} is bound to {event_type.__qualname__} in more "
-                    f"than one merged registry; bind it in one of them only"
-                )
-        table[event_type] = (*bound, *added)
+def _check_registry(registry: object, taker: str, /) -> None:
+    if not isinstance(registry, EventRegistry):
+        raise TypeError(
+            f"{taker} takes an EventRegistry; got {reprlib.repr(registry)}; "
+            f"build one with EventRegistry().bind(...)"
+        )
 
 
-def _check_count(name: str, value: object, /, *, or_none: bool = False) -> None:
+def _check_count(name: str, value: object, /, *, fix: str = "") -> None:
     # bool is an int subclass, but `max_depth=True` is a mistake, never a limit.
     if isinstance(value, bool) or not isinstance(value, int):
-        expected = "a positive int or None" if or_none else "a positive int"
-        raise TypeError(f"{name} must be {expected}; got {value!r}")
+        raise TypeError(f"{name} must be a positive int; got {reprlib.repr(value)}{fix}")
     if value < 1:
-        fix = "; pass None for no limit" if or_none else ""
         raise ValueError(f"{name} must be at least 1; got {value!r}{fix}")
 
 
 def _check_fail_fast(fail_fast: object, /) -> None:
     if not isinstance(fail_fast, bool):
-        raise TypeError(f"fail_fast must be True or False; got {fail_fast!r}")
-
-
-# The chain of event types that led to the publish running in this context, the newest last: the
-# follow-ups of a handler and the events it publishes itself extend it; `max_depth` bounds it.
-_chain: contextvars.ContextVar[tuple[type, ...]] = contextvars.ContextVar(
-    "mediator_chain", default=()
-)
-
-
-def _current_task() -> "asyncio.Task[Any]":
-    task = asyncio.current_task()
-    if task is None:
-        raise RuntimeError("publish runs in an asyncio task; await it from a coroutine asyncio runs")
-    return task
-
-
-def _take(handler: object, events: Any, /) -> list[IEvent]:
-    # The follow-ups that a handler left in `events`, taken right after its `handle` returned.
-    # A list is emptied, so that a handler object used again never has one published twice.
-    taken: list[IEvent] = list(events)
-    for event in taken:
-        if getattr(type(event), "__mediator_event__", None) is not True:
-            raise TypeError(
-                f"handler {type(handler).__qualname__} left {event!r} in its events, which is not "
-                f"an event; leave instances of event classes there"
-            )
-    if isinstance(events, list):
-        events.clear()
-    return taken
-
-
-def _discard(handler: object, /) -> None:
-    # A failed handler's follow-ups are never published; a list is emptied for its next call.
-    events = getattr(handler, "events", None)
-    if isinstance(events, list):
-        events.clear()
-
-
-def _failures(
-    event: object, errors: Sequence[BaseException], count: int, /
-) -> BaseExceptionGroup[BaseException]:
-    # BaseExceptionGroup(...) makes an ExceptionGroup when every error is an Exception.
-    event_type = type(event).__qualname__
-    return BaseExceptionGroup(f"{len(errors)} of {count} handlers of {event_type} failed", errors)
-
-
-def _outcome(
-    event: object, count: int, errors: Sequence[BaseException], bare: BaseException | None, /
-) -> BaseException:
-    # What a failed publish raises: `bare` itself, the other errors chained to it as its cause,
-    # or, with nothing to raise bare, every error in one group.
-    others = [error for error in errors if error is not bare]
-    if bare is None:
-        return _failures(event, others, count)
-    if others:
-        group = _failures(event, others, count)
-        # A cause that `bare` already had stays reachable, as the cause of the group.
-        group.__cause__, bare.__cause__ = bare.__cause__, group
-    return bare
+        raise TypeError(f"fail_fast must be True or False; got {reprlib.repr(fail_fast)}")
 
 
 def _ends(error: BaseException, /) -> bool:
@@ -564,54 +538,21 @@ def _ends(error: BaseException, /) -> bool:
     return not isinstance(error, Exception) or isinstance(error, ChainLimitError)
 
 
-async def _landed(event: object, /) -> asyncio.CancelledError:
-    # The caller was cancelled, yet no CancelledError came out of the handlers: one of them
-    # swallowed it, or it is still pending. One loop turn lands a pending one; else it is made.
-    try:
-        await asyncio.sleep(0)
-    except asyncio.CancelledError as cancelled:
-        return cancelled
-    return asyncio.CancelledError(
-        f"the caller was cancelled while a handler of {type(event).__qualname__} swallowed it"
-    )
-
-
-async def _run_in_order(
-    handlers: Sequence[IEventHandler[_EventT]],
-    event: _EventT,
-    fail_fast: bool,
-    follow_ups: list[IEvent] | None,
-    task: "asyncio.Task[Any]",
-    before: int,
-    /,
-) -> None:
-    # What SequentialEventPublisher does in `task`, the caller's, whose cancelling() count was
-    # `before` when the publish began; follow-ups are taken into `follow_ups` when it is a list.
-    errors: list[BaseException] = []
-    bare: BaseException | None = None
-    try:
-        for handler in handlers:
-            try:
-                await handler.handle(event)
-                if follow_ups is not None and (events := getattr(handler, "events", None)):
-                    follow_ups += _take(handler, events)
-            except BaseException as error:
-                _discard(handler)
-                errors.append(error)
-                if fail_fast or _ends(error):
-                    bare = error
-            if task.cancelling() > before:
-                if not isinstance(bare, asyncio.CancelledError):
-                    bare = await _landed(event)
-                break
-            if bare is not None:
-                break
-        if errors or bare is not None:
-            raise _outcome(event, len(handlers), errors, bare)
-    finally:
-        # Each error's traceback holds this frame: keeping them here would make a cycle.
-        errors.clear()
-        bare = None
+def _outcome(
+    event: object, count: int, errors: Sequence[BaseException], bare: BaseException | None, /
+) -> BaseException:
+    # What a failed publish raises: `bare` itself, the other errors chained to it as its cause,
+    # or, with nothing to raise bare, every error in one group (BaseExceptionGroup(...) makes an
+    # ExceptionGroup when every error is an Exception).
+    others = [error for error in errors if error is not bare]
+    if not others and bare is not None:
+        return bare
+    group = BaseExceptionGroup(f"{len(errors)} of {count} handlers of {type(event).__qualname__} failed", others)
+    if bare is None:
+        return group
+    # A cause that `bare` already had stays reachable, as the cause of the group.
+    group.__cause__, bare.__cause__ = bare.__cause__, group
+    return bare
 
 
 @final
@@ -623,9 +564,7 @@ class SequentialEventPublisher:
     `ExceptionGroup` holds those exceptions in handler order. What is not an `Exception`
     (`CancelledError`, `KeyboardInterrupt`, `SystemExit`...), and a `ChainLimitError`, ends the
     publish at once under both settings and propagates bare, with the exceptions collected
-    before it chained as its `__cause__`. Once the caller is cancelled no further handler
-    starts, and a `CancelledError` reaches the caller even when a handler swallowed the
-    cancellation or raised something else instead (chained as its cause).
+    before it chained as its `__cause__`.
     """
 
     __slots__ = ("_fail_fast",)
@@ -644,8 +583,21 @@ class SequentialEventPublisher:
 
     async def __call__(self, handlers: Sequence[IEventHandler[_EventT]], event: _EventT, /) -> None:
         """Run `handlers` on `event`, one after another."""
-        task = _current_task()
-        await _run_in_order(handlers, event, self._fail_fast, None, task, task.cancelling())
+        errors: list[BaseException] = []
+        for handler in handlers:
+            try:
+                await handler.handle(event)
+            except BaseException as error:
+                if self._fail_fast:
+                    raise
+                errors.append(error)
+                if _ends(error):
+                    break
+        if errors:
+            try:
+                raise _outcome(event, len(handlers), errors, errors[-1] if _ends(errors[-1]) else None)
+            finally:
+                errors.clear()  # each error's traceback holds this frame: keeping them makes a cycle
 
 
 # What a group publisher raises bare rather than in a group: asyncio and the interpreter act on
@@ -656,169 +608,76 @@ _BARE = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, ChainLimitError)
 
 @final
 class _Group:
-    # One publish under GroupEventPublisher: the handler that comes next, what failed, and whom
-    # to cancel when the publish ends early. Child tasks never fail, so the TaskGroup never
-    # cancels the caller: it only starts, cancels and awaits the children.
-    __slots__ = (
-        "_handlers",
-        "_event",
-        "_fail_fast",
-        "_taken",
-        "_next",
-        "_stopped",
-        "_errors",
-        "_tasks",
-        "_caller",
-        "_before",
-        "_caller_busy",
-        "_caller_cancelled",
-    )
+    # One call of GroupEventPublisher: the handlers not yet started, what failed, and the workers
+    # to cancel when a failure ends the call early. Workers keep their handlers' errors here and
+    # never fail, so the TaskGroup never cancels the caller (which 3.11's then leaves cancelled).
+    __slots__ = ("_event", "_fail_fast", "_pending", "_errors", "_workers", "_stopped")
 
-    def __init__(
-        self,
-        handlers: Sequence[IEventHandler[_EventT]],
-        event: _EventT,
-        fail_fast: bool,
-        take: bool,
-        caller: "asyncio.Task[Any]",
-        before: int,
-        /,
-    ) -> None:
-        self._handlers: Sequence[IEventHandler[Any]] = handlers
+    def __init__(self, handlers: Sequence[IEventHandler[_EventT]], event: _EventT, fail_fast: bool, /) -> None:
         self._event: IEvent = event
         self._fail_fast = fail_fast
-        # The follow-ups taken, by the index of the handler that left them; None: take none.
-        self._taken: list[tuple[int, list[IEvent]]] | None = [] if take else None
-        self._next = 0
-        self._stopped = False
+        # Shared by the workers, so that each handler starts once, in bind order.
+        self._pending: Iterator[tuple[int, IEventHandler[Any]]] = iter(enumerate(handlers))
         self._errors: list[tuple[int, BaseException]] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._caller = caller
-        self._before = before
-        self._caller_busy = False
-        self._caller_cancelled = False
+        self._workers: list[asyncio.Task[None]] = []
+        self._stopped = False
 
-    async def run(self, max_concurrency: int | None, /) -> list[IEvent] | None:
-        # Run the handlers; raise what failed, or return the follow-ups in handler order.
-        count = len(self._handlers)
-        workers = count if max_concurrency is None else min(max_concurrency, count)
-        cancelled: asyncio.CancelledError | None = None
-        ordered: list[BaseException] = []
+    async def run(self, count: int, workers: int, /) -> None:
         try:
             try:
                 if workers == 1:
-                    await self._work_in_caller()
+                    await self._work(count)  # no sibling can need to cancel it: the caller's task
                 else:
+                    # As many workers as handlers take one each, so that each has a context of
+                    # its own even when it never suspends; fewer take turns.
+                    turns = 1 if workers == count else count
                     async with asyncio.TaskGroup() as group:
-                        if max_concurrency is None:
-                            for index in range(count):
-                                self._tasks.append(group.create_task(self._run_one(index)))
-                        else:
-                            for _ in range(workers - 1):
-                                self._tasks.append(group.create_task(self._work()))
-                            await self._work_in_caller()
-            except asyncio.CancelledError as error:
-                cancelled = error
-            if cancelled is None and self._caller.cancelling() > self._before:
-                cancelled = await _landed(self._event)
-            if cancelled is None and not self._errors:
-                if not self._taken:
-                    return None
-                by_handler = sorted(self._taken, key=lambda pair: pair[0])
-                return [event for _, taken in by_handler for event in taken]
-            if cancelled is None:
-                cancelled_or_bare = next(
-                    (error for _, error in self._errors if isinstance(error, _BARE)), None
-                )
-            else:
-                cancelled_or_bare = cancelled
-            ordered += [error for _, error in sorted(self._errors, key=lambda pair: pair[0])]
-            raise _outcome(self._event, count, ordered, cancelled_or_bare)
+                        for _ in range(workers):
+                            self._workers.append(group.create_task(self._work(turns)))
+            except asyncio.CancelledError as cancelled:
+                raise self._failure(count, cancelled)
+            if self._errors:
+                raise self._failure(count, None)
         finally:
-            # The errors' tracebacks hold this frame, and frames that hold this object: keeping
-            # them in either would make a cycle.
+            # The errors' tracebacks hold the workers' frames, which hold this object.
             self._errors.clear()
-            self._tasks.clear()
-            ordered.clear()
-            cancelled = cancelled_or_bare = None
+            self._workers.clear()
 
-    async def _run_one(self, index: int, /) -> None:
-        # Run handler `index` in a child task, if no failure or cancellation of the caller came
-        # first. A CancelledError while this task is cancelled is the cancellation (the
-        # caller's, or one that a failure sent), not a failure.
-        if self._stopped or self._caller.cancelling() > self._before:
-            return
-        handler = self._handlers[index]
-        try:
-            await handler.handle(self._event)
-            if self._taken is not None and (events := getattr(handler, "events", None)):
-                self._taken.append((index, _take(handler, events)))
-        except BaseException as error:
-            _discard(handler)
-            if not (isinstance(error, asyncio.CancelledError) and _current_task().cancelling()):
+    def _failure(self, count: int, cancelled: asyncio.CancelledError | None, /) -> BaseException:
+        errors = [error for _, error in sorted(self._errors, key=lambda pair: pair[0])]
+        bare = cancelled or next((error for error in errors if isinstance(error, _BARE)), None)
+        return _outcome(self._event, count, errors, bare)
+
+    async def _work(self, turns: int, /) -> None:
+        # Start up to `turns` handlers one after another, until none is left or a failure ended
+        # the call.
+        for index, handler in itertools.islice(self._pending, turns):
+            if self._stopped:
+                return
+            try:
+                await handler.handle(self._event)
+            except asyncio.CancelledError as error:
+                if _task_cancelled():
+                    raise  # this worker was cancelled, by the caller's cancellation or a failure
                 self._fail(index, error)
-
-    async def _work(self) -> None:
-        # A child worker under max_concurrency: handlers one after another, until it is
-        # cancelled or none is left.
-        task = _current_task()
-        while self._next < len(self._handlers) and not task.cancelling():
-            index = self._next
-            self._next += 1
-            await self._run_one(index)
-
-    async def _work_in_caller(self) -> None:
-        # The caller's share of the handlers, run in its own task. A failure elsewhere cancels
-        # the handler running here by cancelling the caller, and takes that back once it ends.
-        caller, before = self._caller, self._before
-        failure: BaseException | None = None
-        try:
-            while self._next < len(self._handlers) and not self._stopped:
-                index = self._next
-                self._next += 1
-                handler = self._handlers[index]
-                self._caller_busy = True
-                try:
-                    await handler.handle(self._event)
-                    if self._taken is not None and (events := getattr(handler, "events", None)):
-                        self._taken.append((index, _take(handler, events)))
-                except BaseException as error:
-                    _discard(handler)
-                    failure = error
-                finally:
-                    self._caller_busy = False
-                sent = self._caller_cancelled
-                if sent:
-                    self._caller_cancelled = False
-                    caller.uncancel()
-                if caller.cancelling() > before:
-                    if failure is not None and not isinstance(failure, asyncio.CancelledError):
-                        self._fail(index, failure)
-                        failure = None
-                    raise failure or await _landed(self._event)
-                if failure is not None and not (sent and isinstance(failure, asyncio.CancelledError)):
-                    self._fail(index, failure)
-                failure = None
-        finally:
-            failure = None
+            except BaseException as error:
+                self._fail(index, error)
 
     def _fail(self, index: int, error: BaseException, /) -> None:
         self._errors.append((index, error))
-        if self._fail_fast or _ends(error):
-            self._stop()
+        if (self._fail_fast or _ends(error)) and not self._stopped:
+            self._stopped = True
+            current = asyncio.current_task()
+            for worker in self._workers:
+                if worker is not current:
+                    worker.cancel()
 
-    def _stop(self) -> None:
-        # End the publish early: no handler starts any more, and the running ones are cancelled.
-        if self._stopped:
-            return
-        self._stopped = True
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
-        if self._caller_busy and current is not self._caller:
-            self._caller_cancelled = True
-            self._caller.cancel()
+
+def _task_cancelled() -> bool:
+    # Asked by a worker, whose frame must not hold its task: the task keeps the CancelledError
+    # it ends with, whose traceback holds the frame, and a cycle would keep both alive.
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 @final
@@ -827,28 +686,23 @@ class GroupEventPublisher:
 
         publisher = GroupEventPublisher(max_concurrency=8, fail_fast=False)
 
-    Handlers start in bind order, each in a child task with a copy of the caller's context. With
-    `fail_fast=True` the first failure cancels the running handlers and no other starts; with
-    `fail_fast=False` every handler runs to its end, unless one raises what is not an
-    `Exception`, or a `ChainLimitError`, which ends the publish as a failure does. Failures then
-    propagate as one exception group, even a single one, so that `except*` always works: an
-    `ExceptionGroup` (a `BaseExceptionGroup` if a `BaseException` is among them), in handler
-    order. A `CancelledError` (the caller's, or a handler's own), `KeyboardInterrupt`,
+    k workers take the handlers one after another, in bind order: a child task per handler with
+    no limit, k child tasks under `max_concurrency=k`; the caller's own task is the one worker
+    when there is one handler or `max_concurrency=1`. With `fail_fast=True` the first failure
+    cancels the running handlers and no other starts; with `fail_fast=False` every handler runs
+    to its end, unless one raises what is not an `Exception`, or a `ChainLimitError`, which ends
+    the call as a failure does. Failures propagate as one exception group, even a single one,
+    so that `except*` always works, in handler order; a `CancelledError`, `KeyboardInterrupt`,
     `SystemExit` and `ChainLimitError` propagate bare instead, the other failures chained as
-    their `__cause__`. Cancelling the caller cancels every running handler and starts no other;
-    no task started outlives the call, and the caller's `cancelling()` is left as it was.
-
-    The caller's task runs handlers itself only as a worker: for a lone handler, and under
-    `max_concurrency=k`, where k workers (the caller's task and k - 1 child tasks) take the
-    handlers one after another, in bind order. The handlers it runs see and set the caller's
-    context, as under the sequential publisher.
+    their `__cause__`. Cancelling the caller cancels every running handler; no task started
+    outlives the call, and the caller's task is never cancelled or uncancelled by it.
     """
 
     __slots__ = ("_max_concurrency", "_fail_fast")
 
     def __init__(self, max_concurrency: int | None = None, *, fail_fast: bool = True) -> None:
         if max_concurrency is not None:
-            _check_count("max_concurrency", max_concurrency, or_none=True)
+            _check_count("max_concurrency", max_concurrency, fix="; pass None for no limit")
         _check_fail_fast(fail_fast)
         self._max_concurrency = max_concurrency
         self._fail_fast = fail_fast
@@ -871,17 +725,9 @@ class GroupEventPublisher:
 
     async def __call__(self, handlers: Sequence[IEventHandler[_EventT]], event: _EventT, /) -> None:
         """Run `handlers` on `event` concurrently."""
-        task = _current_task()
-        group = _Group(handlers, event, self._fail_fast, False, task, task.cancelling())
-        await group.run(self._max_concurrency)
-
-
-def _refuse_a_class(event: object, /) -> None:
-    if isinstance(event, type):
-        raise TypeError(
-            f"publish takes an event instance; got the class {event.__qualname__}; "
-            f"publish {event.__qualname__}(...) instead"
-        )
+        count = len(handlers)
+        workers = min(count, self._max_concurrency or count)
+        await _Group(handlers, event, self._fail_fast).run(count, workers)
 
 
 @final
@@ -892,23 +738,23 @@ class RecordingPublisher:
         await checkout(cart, publisher=recorder)
         assert recorder.published == (OrderPlaced(order_id=7),)
 
-    Given a publisher, a `Mediator` say, it forwards each event there after recording it, so
-    that the handlers run too; an event stays recorded whatever its handlers raised.
+    Given a publisher to `forward` to, a `Mediator` say, it publishes each event there after
+    recording it, so that the handlers run too; an event stays recorded whatever they raised.
     """
 
     __slots__ = ("_forward", "_published")
 
-    def __init__(self, forward: IPublisher | None = None, /) -> None:
+    def __init__(self, forward: IPublisher | None = None) -> None:
         if forward is not None and not callable(getattr(forward, "publish", None)):
             raise TypeError(
-                f"RecordingPublisher forwards to an IPublisher; got {forward!r}, which has no "
-                f"publish method; pass a Mediator, or nothing to record only"
+                f"RecordingPublisher forwards to an IPublisher; got {reprlib.repr(forward)}, which "
+                f"has no publish method; pass a Mediator, or nothing to record only"
             )
         self._forward = forward
         self._published: list[IEvent] = []
 
     def __repr__(self) -> str:
-        return f"RecordingPublisher({self._forward!r}, published={len(self._published)})"
+        return f"RecordingPublisher(forward={self._forward!r}, published={len(self._published)})"
 
     @property
     def published(self) -> tuple[IEvent, ...]:
@@ -917,47 +763,136 @@ class RecordingPublisher:
 
     async def publish(self, event: IEvent, /) -> None:
         """Record `event`, then publish it through the publisher given, if any."""
-        _refuse_a_class(event)
+        if not _is_event(event):
+            raise _not_an_event(event)
         self._published.append(event)
         if self._forward is not None:
             await self._forward.publish(event)
 
 
+# The chain of event types that led to the handlers running in this context, the newest last: a
+# follow-up, and an event that a handler publishes itself, extend the chain of the event that
+# caused it. `max_depth` bounds its length.
+_chain: contextvars.ContextVar[tuple[type, ...]] = contextvars.ContextVar(
+    "mediator_chain", default=()
+)
+
+
 @final
-class _Chained:
-    # A handler inside its middleware chain, which publishers run like any handler. Its `events`
-    # gathers the handler's follow-ups from each call of it that succeeded.
-    __slots__ = ("_handler", "_middleware", "events")
+class _Caller:
+    # The task that awaits a publish, and how many cancellations it had pending when the publish
+    # began: read once, so that every later check tells one during the publish from one before.
+    __slots__ = ("_task", "_cancelling")
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("publish runs in an asyncio task; await it from a coroutine")
+        self._task = task
+        self._cancelling = task.cancelling()
+
+    def cancelled(self) -> bool:
+        return self._task.cancelling() > self._cancelling
+
+    async def cancellation(self, event: object, /) -> asyncio.CancelledError:
+        # The caller was cancelled, yet no CancelledError came out of the handlers: one of them
+        # swallowed it, or it is still pending. One loop turn lands a pending one; else it is made.
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError as pending:
+            return pending
+        return asyncio.CancelledError(
+            f"the caller was cancelled while a handler of {type(event).__qualname__} swallowed it"
+        )
+
+
+def _take(handler: object, /) -> tuple[IEvent, ...]:
+    # The follow-ups in the handler's `events`, emptied as they are taken so that a handler
+    # object used again never has one published twice: a list is cleared, another sequence is
+    # replaced by () where `events` can be set; a read-only one is the handler's to reset.
+    events = getattr(handler, "events", None)
+    if not events:
+        return ()
+    taken = tuple(events)
+    if isinstance(events, list):
+        events.clear()
+    else:
+        try:
+            setattr(handler, "events", ())
+        except AttributeError:
+            pass
+    follow_ups = tuple(each for each in taken if _is_event(each))
+    if len(follow_ups) < len(taken):
+        stray = next(each for each in taken if not _is_event(each))
+        raise TypeError(
+            f"handler {type(handler).__qualname__} left {reprlib.repr(stray)} in its events, "
+            f"which is not an event; leave instances of event classes there"
+        )
+    return follow_ups
+
+
+@final
+class _Call:
+    # A handler as its publisher strategy runs it: `handle` starts nothing once the caller is
+    # cancelled, runs the middleware around the handler, and keeps in `follow_ups` what each
+    # call whose every layer returned left. The one place that calls a user's `handle`.
+    __slots__ = ("_handler", "_middleware", "_caller", "follow_ups")
 
     def __init__(
-        self, handler: IEventHandler[Any], middleware: Sequence[IEventMiddleware[Any]], /
+        self, handler: IEventHandler[Any], middleware: Sequence[IEventMiddleware[Any]], caller: _Caller, /
     ) -> None:
         self._handler = handler
         self._middleware = middleware
-        self.events: list[IEvent] = []
+        self._caller = caller
+        self.follow_ups: tuple[IEvent, ...] = ()
 
     def __repr__(self) -> str:
-        return f"{self._handler!r} in {len(self._middleware)} middleware"
+        return repr(self._handler)
 
-    async def handle(self, event: IEvent, position: int = 0, /) -> None:
-        # The chain from middleware `position` in: a publisher calls it with the event alone.
-        if position < len(self._middleware):
-            await self._middleware[position].handle(
-                event, self._handler, lambda: self.handle(event, position + 1)
-            )
+    async def handle(self, event: IEvent, layer: int = 0, /) -> None:
+        # Middleware `layer`, with those inside it and the handler as its `call_next`; past the
+        # last layer, the handler itself. A strategy calls it with the event alone.
+        if layer == 0 and self._caller.cancelled():
+            return  # the mediator raises the cancellation once the strategy returns
+        if layer < len(self._middleware):
+            kept = self.follow_ups
+            try:
+                call_next = functools.partial(self.handle, event, layer + 1)
+                await self._middleware[layer].handle(event, self._handler, call_next)
+            except BaseException:
+                self.follow_ups = kept  # drop what the layers inside gathered
+                raise
             return
         handler = self._handler
         try:
             await handler.handle(event)
-        except BaseException:
-            _discard(handler)
+        except BaseException as error:
+            try:
+                _take(handler)  # a failed call's follow-ups are dropped, for a clean next call
+            except Exception as problem:
+                error.add_note(f"emptying the events of {type(handler).__qualname__} raised {problem!r} too")
             raise
-        if events := getattr(handler, "events", None):
-            self.events += _take(handler, events)
+        if getattr(handler, "events", None):
+            self.follow_ups += _take(handler)
+
+
+def _needs_arguments(cls: type, /) -> bool:
+    try:
+        inspect.signature(cls).bind()
+    except (TypeError, ValueError):  # ValueError: no signature to read, which may well need some
+        return True
+    return False
+
+
+def _names(chain: tuple[type, ...], /) -> str:
+    names = [event_type.__qualname__ for event_type in chain]
+    if len(names) > 6:
+        names[3:-2] = [f"... ({len(names) - 5} more)"]
+    return " -> ".join(names)
 
 
 @final
-class Mediator(_Plans):
+class Mediator:
     """Publishes events to the handlers that a registry binds to them.
 
         mediator = Mediator(registry, publisher=GroupEventPublisher(max_concurrency=8))
@@ -973,7 +908,7 @@ class Mediator(_Plans):
     one event are a batch job's.
     """
 
-    __slots__ = ("_registry", "_publisher", "_resolve", "_max_depth", "_max_follow_ups", "_inline")
+    __slots__ = ("_registry", "_publisher", "_resolve", "_max_depth", "_max_follow_ups")
 
     def __init__(
         self,
@@ -991,194 +926,122 @@ class Mediator(_Plans):
             raise TypeError(f"publisher {name} is a class; pass an instance such as {name}()")
         if not callable(publisher):
             raise TypeError(
-                f"publisher {publisher!r} is not callable; pass an EventPublisher such as "
-                f"SequentialEventPublisher() or GroupEventPublisher()"
+                f"publisher {reprlib.repr(publisher)} is not callable; pass an EventPublisher "
+                f"such as SequentialEventPublisher() or GroupEventPublisher()"
             )
         if resolve is not None and not callable(resolve):
             raise TypeError(
-                f"resolve {resolve!r} is not callable; pass a function that takes a class and "
-                f"returns (or awaits to) an instance of it"
+                f"resolve {reprlib.repr(resolve)} is not callable; pass a function that takes a "
+                f"class and returns (or awaits to) an instance of it"
             )
         _check_count("max_depth", max_depth)
         _check_count("max_follow_ups", max_follow_ups)
-        super().__init__(registry._plans)
         self._registry = registry
         self._publisher = publisher
-        self._resolve = resolve
+        # `cls()`, without a frame of ours around it: it runs for every handler of every publish.
+        self._resolve: Resolve = operator.call if resolve is None else resolve
         self._max_depth = max_depth
         self._max_follow_ups = max_follow_ups
-        self._inline = (
-            resolve is None and type(publisher) is SequentialEventPublisher and publisher.fail_fast
-        )
 
     def __repr__(self) -> str:
+        resolve = "" if self._resolve is operator.call else f", resolve={self._resolve!r}"
         return (
-            f"Mediator({self._registry!r}, publisher={self._publisher!r}, "
-            f"resolve={self._resolve!r}, max_depth={self._max_depth}, "
-            f"max_follow_ups={self._max_follow_ups})"
+            f"Mediator({self._registry!r}, publisher={self._publisher!r}{resolve}, "
+            f"max_depth={self._max_depth}, max_follow_ups={self._max_follow_ups})"
         )
 
     async def publish(self, event: IEvent, /) -> None:
         """Build every handler of `event`, run them with the publisher, then the follow-ups.
 
         If building a handler raises, no handler runs and the error propagates. With no handlers
-        it returns at once. Follow-ups are the events that handlers leave in their `events`,
-        taken as each `handle` returns: once every handler of an event succeeded, its follow-ups
-        are published, breadth first, in the order of the handlers that left them; a failure
-        publishes none and ends the publish. `ChainLimitError` when a chain goes past the
-        limits; `TypeError` for an event class instead of an event.
+        it returns at once. Follow-ups are the events that handlers leave in their `events`:
+        once every handler of an event succeeded, its follow-ups are published, breadth first,
+        in the order of the handlers that left them; a failure publishes none and ends the
+        publish. Once the caller is cancelled no handler starts, and a `CancelledError` reaches
+        the caller even if a handler swallowed it. `ChainLimitError` when a chain goes past the
+        limits; `TypeError` for what is not an event.
         """
-        plan = self._plans.get(type(event))
-        if plan is None:
-            plan = self._plan_of(event)
-        handler_types, middleware_types = plan
-        if not handler_types:
-            return
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("publish runs in an asyncio task; await it from a coroutine")
-        before = task.cancelling()
         try:
-            if self._inline and not middleware_types:
-                # Measured: the default publisher's loop, run here rather than behind a call
-                # that costs a coroutine, keeps publish near a hand-written loop's cost. It
-                # leaves the chain as it is: its errors propagate unchanged, and a handler that
-                # publishes again recurses on this task's own stack, whose limit stops it.
-                follow_ups: list[IEvent] | None = None
-                handlers = [handler_type() for handler_type in handler_types]
-                for handler in handlers:
-                    try:
-                        await handler.handle(event)
-                        if events := getattr(handler, "events", None):
-                            follow_ups = (follow_ups or []) + _take(handler, events)
-                    except BaseException:
-                        _discard(handler)
-                        raise
-                    if task.cancelling() > before:
-                        raise await _landed(event)
-                if follow_ups:
-                    chain = (*_chain.get(), type(event))
-                    await self._publish_follow_ups(follow_ups, chain, task, before)
-            else:
-                chain = (*_chain.get(), type(event))
-                if len(chain) > self._max_depth:
-                    raise self._too_deep(chain)
-                follow_ups = await self._run(event, plan, chain, task, before)
-                if follow_ups:
-                    await self._publish_follow_ups(follow_ups, chain, task, before)
-        except BaseException as error:
-            if task.cancelling() > before and not isinstance(error, asyncio.CancelledError):
-                raise await _landed(event) from error
-            raise
-        if task.cancelling() > before:
-            raise await _landed(event)
+            plan = self._registry.plan_for(type(event))
+        except TypeError:
+            raise _not_an_event(event) from None
+        if not plan[0]:
+            return
+        caller = _Caller()
+        chain = (*_chain.get(), type(event))
+        follow_ups = await self._publish_one(event, plan, chain, caller)
+        if follow_ups:
+            await self._publish_follow_ups(follow_ups, chain, caller)
 
-    def _plan_of(self, event: IEvent, /) -> _Plan:
-        _refuse_a_class(event)
-        self._registry.handlers_for(type(event))
-        return self._plans[type(event)]
-
-    async def _run(
-        self,
-        event: IEvent,
-        plan: _Plan,
-        chain: tuple[type, ...],
-        task: "asyncio.Task[Any]",
-        before: int,
-        /,
-    ) -> list[IEvent] | None:
-        # Build the handlers and middleware of one event, run them, and return its follow-ups.
+    async def _publish_one(
+        self, event: IEvent, plan: _Plan, chain: tuple[type, ...], caller: _Caller, /
+    ) -> tuple[IEvent, ...]:
+        # Build the handlers and middleware of one event, run them under the publisher with the
+        # chain that led to them, and return their follow-ups.
+        if len(chain) > self._max_depth:
+            raise ChainLimitError(
+                f"the chain of events {_names(chain)} is {len(chain)} long, past "
+                f"max_depth={self._max_depth}: each is a follow-up of the one before or published "
+                f"by one of its handlers; break the cycle, or pass a larger max_depth to Mediator"
+            )
         handler_types, middleware_types = plan
-        follow_ups: list[IEvent] = []
-        if self._inline and not middleware_types:
-            # The default publisher's loop, as in publish, where it says why it needs no chain.
-            built = [handler_type() for handler_type in handler_types]
-            await _run_in_order(built, event, True, follow_ups, task, before)
-            return follow_ups
+        resolve = self._resolve
+        built: list[Any] = []
+        for cls in (*handler_types, *middleware_types):  # all of them, before any runs
+            try:
+                made = resolve(cls)
+            except TypeError as error:
+                if resolve is operator.call and _needs_arguments(cls):
+                    name = cls.__qualname__
+                    error.add_note(
+                        f"Mediator builds {name} as {name}(); pass Mediator(resolve=...) a "
+                        f"function that builds it with its arguments, such as a DI container's get"
+                    )
+                raise
+            # An instance of `cls` is not awaitable; asking inspect costs more than the handler.
+            built.append(await made if type(made) is not cls and inspect.isawaitable(made) else made)
+        middleware: list[IEventMiddleware[Any]] = built[len(handler_types) :]
+        calls: list[_Call] = []
+        for handler in built[: len(handler_types)]:
+            calls.append(_Call(handler, middleware, caller))
         token = _chain.set(chain)
         try:
-            resolve = self._resolve
-            if resolve is None:
-                handlers: list[IEventHandler[Any]] = [cls() for cls in handler_types]
-                middleware: list[IEventMiddleware[Any]] = [cls() for cls in middleware_types]
-            else:
-                handlers = await _resolved(resolve, handler_types)
-                middleware = await _resolved(resolve, middleware_types)
-            if middleware:
-                handlers = [_Chained(handler, middleware) for handler in handlers]
-            publisher = self._publisher
-            if type(publisher) is SequentialEventPublisher:
-                await _run_in_order(handlers, event, publisher.fail_fast, follow_ups, task, before)
-                return follow_ups
-            if type(publisher) is GroupEventPublisher:
-                group = _Group(handlers, event, publisher.fail_fast, True, task, before)
-                return await group.run(publisher.max_concurrency)
-            chained = [
-                handler if isinstance(handler, _Chained) else _Chained(handler, ())
-                for handler in handlers
-            ]
-            await publisher(chained, event)
-            return [follow_up for each in chained for follow_up in each.events]
+            await self._publisher(calls, event)
+        except BaseException as error:
+            if caller.cancelled() and not isinstance(error, asyncio.CancelledError):
+                raise await caller.cancellation(event) from error
+            raise
         finally:
             _chain.reset(token)
+        if caller.cancelled():
+            raise await caller.cancellation(event)
+        follow_ups: tuple[IEvent, ...] = ()
+        for call in calls:
+            follow_ups += call.follow_ups
+        return follow_ups
 
     async def _publish_follow_ups(
-        self,
-        follow_ups: list[IEvent],
-        chain: tuple[type, ...],
-        task: "asyncio.Task[Any]",
-        before: int,
-        /,
+        self, follow_ups: tuple[IEvent, ...], chain: tuple[type, ...], caller: _Caller, /
     ) -> None:
         # Breadth first: every follow-up of one level before any of the next, each level in the
-        # order of the handlers that left them, and each checked against the limits before it runs.
+        # order of the handlers that left them.
         level = [(follow_up, chain) for follow_up in follow_ups]
-        published = 0
+        published = len(level)
         while level:
-            published += len(level)
             if published > self._max_follow_ups:
+                newest, cause = level[-1]
                 raise ChainLimitError(
                     f"a publish of {chain[-1].__qualname__} led to more than "
                     f"max_follow_ups={self._max_follow_ups} follow-up events, the newest along "
-                    f"{_names((*level[-1][1], type(level[-1][0])))}; break the cycle, or pass "
-                    f"a larger max_follow_ups to Mediator"
+                    f"{_names((*cause, type(newest)))}; break the cycle, or pass a larger "
+                    f"max_follow_ups to Mediator"
                 )
             next_level: list[tuple[IEvent, tuple[type, ...]]] = []
             for event, cause in level:
-                event_chain = (*cause, type(event))
-                if len(event_chain) > self._max_depth:
-                    raise self._too_deep(event_chain)
-                plan = self._plans.get(type(event))
-                if plan is None:
-                    plan = self._plan_of(event)
-                if not plan[0]:
-                    continue
-                taken = await self._run(event, plan, event_chain, task, before)
-                if taken:
+                plan = self._registry.plan_for(type(event))
+                if plan[0]:
+                    event_chain = (*cause, type(event))
+                    taken = await self._publish_one(event, plan, event_chain, caller)
                     next_level += [(follow_up, event_chain) for follow_up in taken]
-                if task.cancelling() > before:
-                    raise await _landed(event)
+            published += len(next_level)
             level = next_level
-
-    def _too_deep(self, chain: tuple[type, ...], /) -> ChainLimitError:
-        return ChainLimitError(
-            f"the chain of events {_names(chain)} is {len(chain)} long, past "
-            f"max_depth={self._max_depth}: each is a follow-up of the one before or published "
-            f"by one of its handlers; break the cycle, or pass a larger max_depth to Mediator"
-        )
-
-
-async def _resolved(resolve: Resolve, classes: Sequence[type[_T]], /) -> list[_T]:
-    # An instance of each class, built by `resolve` one after another: plain, or awaited.
-    built: list[_T] = []
-    for cls in classes:
-        made = resolve(cls)
-        if inspect.isawaitable(made):
-            built.append(await made)
-        else:
-            built.append(made)
-    return built
-
-
-def _names(chain: tuple[type, ...], /) -> str:
-    return " -> ".join(event_type.__qualname__ for event_type in chain)
