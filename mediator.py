@@ -2,8 +2,7 @@
 
 An event is something that already happened; it has zero or more handlers. Bind event types to
 lists of handler classes in an `EventRegistry`, then `await Mediator(registry).publish(event)`:
-the handlers run in the caller's task and context, their errors reach the caller, and the
-follow-up events they leave in their `events` are published before `publish` returns.
+the handlers run in the caller's task and context, and their errors reach the caller.
 
     registry = EventRegistry().bind(OrderPlaced, [SendReceipt, ReserveStock])
     await Mediator(registry).publish(OrderPlaced(order_id=7))
@@ -15,21 +14,13 @@ and nothing outside the standard library. Licence: MIT. Version 3.0.0 (`__versio
 __version__ = "3.0.0"
 
 __all__ = (
-    "IEvent",
-    "IEventHandler",
-    "IEventMiddleware",
-    "IPublisher",
-    "EventPublisher",
-    "Resolve",
+    # What users implement and type against.
+    "IEvent", "IEventHandler", "IEventMiddleware", "IPublisher", "EventPublisher", "Resolve",
     "EventHandler",
-    "MediatorError",
-    "DuplicateHandlerError",
-    "RegistryFrozenError",
-    "ChainLimitError",
-    "EventRegistry",
-    "SequentialEventPublisher",
-    "GroupEventPublisher",
-    "RecordingPublisher",
+    # What misuse raises.
+    "MediatorError", "DuplicateHandlerError", "RegistryFrozenError", "ChainLimitError",
+    # What publishes.
+    "EventRegistry", "SequentialEventPublisher", "GroupEventPublisher", "RecordingPublisher",
     "Mediator",
 )
 
@@ -44,11 +35,12 @@ import reprlib
 import types
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Literal, Never, Protocol, Self, TypeGuard, TypeVar, final
+from typing import Any, ClassVar, Generic, Literal, Never, Protocol, Self, TypeGuard, TypeVar, final
 
 _EventT = TypeVar("_EventT", bound="IEvent")
 _EventT_contra = TypeVar("_EventT_contra", bound="IEvent", contravariant=True)
 _T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
 
 
 class IEvent(Protocol):
@@ -59,24 +51,21 @@ class IEvent(Protocol):
             order_id: int
 
     A base whose metaclass conflicts with `Protocol`'s (pydantic, msgspec, attrs) declares the
-    marker instead of inheriting it: `__mediator_event__: ClassVar[Literal[True]] = True`. Either
-    way, handlers and middleware bound to `IEvent` reach every event.
+    marker instead: `__mediator_event__: ClassVar[Literal[True]] = True`.
     """
 
     __slots__ = ()
 
-    # An empty protocol would match every object, so `publish(42)` would type-check. This class
-    # variable is the marker that makes "is an event" mean something to a type checker and at run
-    # time; a class object cannot match a ClassVar member, so `publish(OrderPlaced)` is rejected.
+    # The marker that makes "is an event" mean something, to a type checker and at run time: an
+    # empty protocol would match `42`, and a class object cannot match a ClassVar member.
     __mediator_event__: ClassVar[Literal[True]] = True
 
 
 class IEventHandler(Protocol[_EventT_contra]):
     """A handler of events of type `_EventT_contra`: any class with a matching async `handle`.
 
-    Contravariant: a handler of `DomainEvent` is a handler of every subclass of `DomainEvent`.
-    Handlers need not inherit anything, and may name the event parameter as they like. A handler
-    may leave follow-up events in an `events` attribute or property; see `EventHandler`.
+    Contravariant: a handler of `DomainEvent` handles every subclass of it. It need not inherit
+    anything, may name its parameter as it likes, and may leave follow-ups in `events`.
     """
 
     __slots__ = ()
@@ -88,18 +77,10 @@ class IEventHandler(Protocol[_EventT_contra]):
 class IEventMiddleware(Protocol[_EventT_contra]):
     """Code around each handler of events of type `_EventT_contra`: timing, tracing, retries.
 
-        class Timing:
-            async def handle(self, event: IEvent, handler: object, call_next: CallNext, /) -> None:
-                start = time.perf_counter()
-                await call_next()
-                print(type(handler).__name__, time.perf_counter() - start)
-
-    `call_next()` runs the rest of the chain, then the handler. An exception from `handle` is
-    that handler's failure; catching the handler's exception makes the call a success; not
-    calling `call_next` skips the handler. The follow-ups of a call count only if every layer
-    returned: an exception that leaves a layer drops those gathered inside it, even when a layer
-    outside catches it. `handler` is the handler being wrapped, typed as a handler of some event:
-    name it, but run it only through `call_next`. Contravariant, like `IEventHandler`.
+    `call_next()` runs the rest of the chain, then the handler: not calling it skips the handler.
+    An exception from `handle` is the handler's failure; catching the handler's makes the call a
+    success. Follow-ups count only from a call whose every layer returned, even when a layer
+    outside catches what left one inside. Run `handler` only through `call_next`.
     """
 
     __slots__ = ()
@@ -126,10 +107,8 @@ class IPublisher(Protocol):
 class EventPublisher(Protocol):
     """The strategy that runs the built handlers of one event: write your own or use ours.
 
-    The mediator calls it only when there is work, so `handlers` is never empty. Each handler it
-    gets is wrapped: its `handle` starts nothing once the caller of `publish` is cancelled, runs
-    the handler's middleware, and keeps its follow-ups. A strategy of one's own needs to do
-    nothing for any of these; whatever it lets propagate reaches the caller.
+    `handlers` is never empty, and each is wrapped: its `handle` starts nothing once the caller
+    is cancelled, runs the middleware and keeps the follow-ups. What propagates reaches the caller.
     """
 
     __slots__ = ()
@@ -158,22 +137,17 @@ class EventHandler(IEventHandler[_EventT_contra], abc.ABC):
             async def handle(self, event: PaymentReceived) -> None:
                 self.events.append(OrderShipped(order_id=event.order_id))
 
-    `events` is this handler's own list of follow-up events: `handle` appends to it or assigns a
-    new list, and the mediator empties it as it takes them, so a handler object used again never
-    has one published twice. Any class with a matching async `handle` is an `IEventHandler` too;
-    its `events`, if any, may be a list, or any sequence in an attribute or a property with a
-    setter, which the mediator resets to `()`. A read-only property that is not a list cannot be
-    emptied: such a handler resets what it returns at the start of each `handle`.
+    `events` is this handler's own list of follow-ups; the mediator empties it as it takes them,
+    so that a handler object used again never has one published twice. Without this base,
+    `events` may be any sequence in an attribute or a property with a setter, which the mediator
+    resets to `()`; a read-only one that is not a list is the handler's to reset in `handle`.
     """
 
-    # A slot, so that a subclass with `__slots__` of its own need not list it.
-    __slots__ = ("events",)
-
+    __slots__ = ("events",)  # so that a subclass with `__slots__` of its own need not list it
     events: list[IEvent]
 
-    # `__new__`, not `__init__`: every instance gets a list of its own, also one whose class
-    # defines an `__init__` that does not call this one (a dataclass, a handler built by a DI
-    # container), and the `__init__` of a mixin after this class in the MRO still runs.
+    # `__new__`, not `__init__`: every instance gets its own list, also one whose `__init__` does
+    # not call this one (a dataclass), and a mixin's `__init__` after this class still runs.
     def __new__(cls, *args: object, **kwargs: object) -> Self:
         handler = super().__new__(cls)
         handler.events = []
@@ -201,33 +175,25 @@ class ChainLimitError(MediatorError, RuntimeError):
 
 
 @final
-class _NoEvent:
-    # mypy refuses a protocol class, IEvent itself included, where a plain `type[X]` parameter
-    # is expected ("Only concrete class can be given", mypy issue 4717), yet binding to IEvent
-    # or to a protocol base is how one handler reaches many events. A union turns that check
-    # off; its other member is this class, which no caller can name, so nothing else gets in.
+class _Unnameable(Generic[_T_co]):
+    # The other member of two unions that mypy alone needs; no caller can name it. In
+    # `_EventType[E]` it lets IEvent and protocol bases in, which mypy refuses as `type[X]` (mypy
+    # issue 4717). In `_Bound[C, E]` the Callable makes mypy take E from the event type first, so
+    # that a wrong handler is named on its own line, not "cannot infer" atop a chain of binds.
     __slots__ = ()
 
 
-# What a publish of one event type runs: its handler classes in run order, and its middleware
-# classes from the outermost in. The types of the events they take are erased in storage; `bind`
-# checked them, and every lookup goes through a class they were bound to or a subclass of it.
-_Plan = tuple[tuple[type[IEventHandler[Any]], ...], tuple[type[IEventMiddleware[Any]], ...]]
+_EventType = type[_EventT] | type[_Unnameable[None]]
+_Bound = Sequence[type[_T]] | _Unnameable[Callable[[_EventT], None]]
+# What a publish of one event type runs: its handler classes in order, then its middleware from
+# the outermost in. Stored with the event types they take erased: `bind` checked them.
+_PlanOf = tuple[
+    tuple[type[IEventHandler[_EventT]], ...], tuple[type[IEventMiddleware[_EventT]], ...]
+]
+_Plan = _PlanOf[Any]
 _Table = dict[type, tuple[type, ...]]
-
-
-def _check_event_type(event_type: object, /) -> type:
-    if not isinstance(event_type, type):
-        raise TypeError(
-            f"event type {reprlib.repr(event_type)} is not a class; pass an event class, "
-            f"such as type(event)"
-        )
-    if getattr(event_type, "__mediator_event__", None) is not True:
-        raise TypeError(
-            f"{event_type.__qualname__} is not an event class; subclass IEvent, or declare "
-            f"`__mediator_event__: ClassVar[Literal[True]] = True` on a base class of it"
-        )
-    return event_type
+_Additions = Iterable[tuple[type, Iterable[object] | _Unnameable[Any]]]
+_MAKE_IT_ONE = "subclass IEvent, or declare `__mediator_event__: ClassVar[Literal[True]] = True`"
 
 
 def _is_event(value: object, /) -> TypeGuard[IEvent]:
@@ -240,100 +206,83 @@ def _not_an_event(event: object, /) -> TypeError:
         return TypeError(f"publish takes an event; got the class {name}; publish {name}(...)")
     return TypeError(
         f"publish takes an event; got {reprlib.repr(event)}, whose class "
-        f"{type(event).__qualname__} is not an event class; subclass IEvent, or declare "
-        f"`__mediator_event__: ClassVar[Literal[True]] = True` on a base class of it"
+        f"{type(event).__qualname__} is not an event class; {_MAKE_IT_ONE}"
     )
 
 
-def _is_protocol(cls: type, /) -> bool:
-    # typing.is_protocol came in 3.13; before it, this attribute is how typing itself tells.
-    return getattr(cls, "_is_protocol", False) is True
+def _check_event_type(event_type: object, /) -> type:
+    if not isinstance(event_type, type):
+        raise TypeError(f"event type {reprlib.repr(event_type)} is not a class; pass type(event)")
+    if getattr(event_type, "__mediator_event__", None) is not True:
+        raise TypeError(f"{event_type.__qualname__} is not an event class; {_MAKE_IT_ONE}")
+    return event_type
 
 
-def _check_class(bound: object, where: str, /) -> type:
-    # `where` reads "handler {} bound to OrderPlaced"; the braces take the offending object.
-    origin = typing.get_origin(bound)
-    if isinstance(origin, type):
+def _check_bound(bound: object, where: str, parameters: str, /) -> type:
+    # That `bound().handle(parameters...)` can be awaited; `where` names it, with {}.
+    if isinstance(origin := typing.get_origin(bound), type):
         raise TypeError(
-            f"{where.format(repr(bound))} is a parametrised generic; bind {origin.__qualname__} "
-            f"itself: the event type it is bound to decides its type parameter"
+            f"{where.format(repr(bound))} is a parametrised generic; bind {origin.__qualname__}: "
+            f"the event type it is bound to decides its type parameter"
         )
     if not isinstance(bound, type):
-        if callable(getattr(bound, "handle", None)):
-            fix = f"bind the class {type(bound).__qualname__} instead"
-            raise TypeError(f"{where.format(repr(bound))} is an instance; {fix}")
-        raise TypeError(
-            f"{where.format(repr(bound))} is not a class; "
-            f"bind a class that has an `async def handle(self, event...)` method"
-        )
-    if _is_protocol(bound):
-        raise TypeError(
-            f"{where.format(bound.__qualname__)} is a protocol class, which cannot be built; "
-            f"bind a class that implements it"
-        )
+        fix = f"an instance; bind the class {type(bound).__qualname__} instead"
+        fix = fix if hasattr(bound, "handle") else "not a class; bind a class with a handle"
+        raise TypeError(f"{where.format(repr(bound))} is {fix}")
+    where, wanted = where.format(bound.__qualname__), f"`async def handle(self, {parameters})`"
+    # typing.is_protocol came in 3.13; before it, this attribute is how typing itself tells.
+    if getattr(bound, "_is_protocol", False) is True:
+        raise TypeError(f"{where} is a protocol class; bind a class that implements it")
+    handle = getattr(bound, "handle", None)
+    stubs = (vars(IEventHandler)["handle"], vars(IEventMiddleware)["handle"])
+    if handle is None or handle in stubs:
+        owner = next((base for base in bound.__mro__ if "handle" in vars(base)), None)
+        has = f"only the empty handle of {owner.__name__}" if owner else "no handle method"
+        raise TypeError(f"{where} has {has}; define {wanted} on {bound.__qualname__}")
+    if not inspect.iscoroutinefunction(handle):
+        raise TypeError(f"{where} has a handle that is not `async def`; define {wanted}")
     if inspect.isabstract(bound):
         missing = ", ".join(sorted(getattr(bound, "__abstractmethods__", ())))
-        raise TypeError(f"{where.format(bound.__qualname__)} is abstract; implement {missing}")
+        raise TypeError(f"{where} is abstract; implement {missing}")
+    # A plain function in the class takes the instance too; a static or class method does not.
+    receiver = [None] if inspect.isfunction(inspect.getattr_static(bound, "handle")) else []
+    try:
+        inspect.signature(handle).bind(*receiver, *parameters.split(", "))
+    except TypeError:
+        shown = f"handle{inspect.signature(handle)}"
+        raise TypeError(f"{where} has {shown}, not handle({parameters}); define {wanted}") from None
     return bound
 
 
-def _check_handle(cls: type, where: str, parameters: str, /) -> None:
-    # That `cls().handle(...)` can be awaited with `parameters`, "event" for a handler and
-    # "event, handler, call_next" for middleware, passed positionally.
-    where = where.format(cls.__qualname__)
-    wanted = f"`async def handle(self, {parameters})`"
-    handle = getattr(cls, "handle", None)
-    if handle is None:
-        raise TypeError(f"{where} has no handle method; define {wanted}")
-    if handle in (vars(IEventHandler)["handle"], vars(IEventMiddleware)["handle"]):
-        owner = next(base for base in cls.__mro__ if "handle" in vars(base))
-        raise TypeError(
-            f"{where} has only the empty handle of the protocol {owner.__qualname__}; "
-            f"define {wanted} on {cls.__qualname__}"
-        )
-    if not inspect.iscoroutinefunction(handle):
-        raise TypeError(f"{where} has a handle that is not `async def`; make it `async def handle`")
-    # A plain function in the class takes the instance too; a static or class method does not.
-    receiver = 1 if inspect.isfunction(inspect.getattr_static(cls, "handle")) else 0
-    signature = inspect.signature(handle)
-    try:
-        signature.bind(*[None] * (receiver + len(parameters.split(", "))))
-    except TypeError:
-        raise TypeError(
-            f"{where} has handle{signature}, which cannot be called as handle({parameters}); "
-            f"define {wanted}"
-        ) from None
-
-
-def _appended(
-    table: _Table, additions: Iterable[tuple[type, Iterable[object]]], kind: str, method: str, /
-) -> _Table:
-    # A new table: `table` with each (event type, classes) of `additions` appended, in order, once
-    # every class is checked. `table` itself is left as it was.
+def _appended(table: _Table, additions: _Additions, kind: str, method: str, /) -> _Table:
+    # A new table: `table` with each (event type, classes) appended, once each class is checked.
     new = dict(table)
     parameters = "event, handler, call_next" if kind == "middleware" else "event"
-    for given_type, given in additions:
-        event_type = _check_event_type(given_type)
+    for event_type, given in additions:
+        name = _check_event_type(event_type).__qualname__
         if isinstance(given, (str, type)) or not isinstance(given, Sequence):
             shown = given.__qualname__ if isinstance(given, type) else "..."
             raise TypeError(
-                f"{method} takes a list of {kind} classes for {event_type.__qualname__}, in the "
-                f"order they run; got {reprlib.repr(given)}; write [{shown}]"
+                f"{method} takes a list of {kind} classes for {name}, in the order they run; "
+                f"got {reprlib.repr(given)}; write [{shown}]"
             )
         bound = list(new.get(event_type, ()))
         for each in given:
-            where = f"{kind} {{}} bound to {event_type.__qualname__}"
-            cls = _check_class(each, where)
-            _check_handle(cls, where, parameters)
+            cls = _check_bound(each, f"{kind} {{}} bound to {name}", parameters)
             if cls in bound:
                 raise DuplicateHandlerError(
-                    f"{kind} {cls.__qualname__} is bound to {event_type.__qualname__} twice; "
-                    f"bind each {kind} class once per event type, in one registry"
+                    f"{kind} {cls.__qualname__} is bound to {name} twice; bind each {kind} class "
+                    f"once per event type, in one registry"
                 )
             bound.append(cls)
         if bound:
             new[event_type] = tuple(bound)
     return new
+
+
+def _check_registry(registry: object, taker: str, /) -> None:
+    if not isinstance(registry, EventRegistry):
+        raise TypeError(f"{taker} takes an EventRegistry; got {reprlib.repr(registry)}")
 
 
 @final
@@ -342,12 +291,10 @@ class EventRegistry:
 
         registry = EventRegistry().bind(OrderPlaced, [SendReceipt]).bind(IEvent, [AuditLog])
 
-    A publish of an event runs the handlers bound to its class, then those bound to each base
-    class along the MRO; a handler class bound at several levels runs once, at its first place.
-    Middleware bound to a class wraps every handler that a publish of it or of a subclass runs,
-    those bound to base classes outside those bound to subclasses. `bind`, `bind_middleware` and
-    `merge` check everything before they change anything: on error nothing changed. A change is
-    seen by the next lookup in any thread; bind from one thread at a time.
+    A publish runs the handlers bound to the event's class, then to each base class along the
+    MRO, each once; middleware bound to base classes wraps that bound to subclasses. `bind`,
+    `bind_middleware` and `merge` check everything first: on error nothing changed. A change is
+    seen by the next lookup, in any thread; bind from one thread at a time.
     """
 
     __slots__ = ("_handlers", "_middleware", "_classes", "_plans", "_frozen")
@@ -356,19 +303,18 @@ class EventRegistry:
         self._handlers: _Table = {}
         self._middleware: _Table = {}
         self._classes: dict[type, None] = {}
-        # The plans looked up so far. Every change replaces this dict after the bindings, never
+        # The plans looked up so far. A change replaces this dict after the bindings, never
         # clears it: a lookup that read the bindings before the change stores its plan in the
-        # dict that the change dropped, so the next lookup, in any thread, sees the change.
+        # dict that the change dropped, so that the next lookup, in any thread, sees the change.
         self._plans: dict[type, _Plan] = {}
         self._frozen = False
 
     def __repr__(self) -> str:
-        handlers = sum(map(len, self._handlers.values()))
-        middleware = sum(map(len, self._middleware.values()))
-        event_types = len(self._handlers.keys() | self._middleware.keys())
+        handlers, middleware = self._handlers, self._middleware
         return (
-            f"EventRegistry(event_types={event_types}, handlers={handlers}, "
-            f"middleware={middleware}, frozen={self._frozen})"
+            f"EventRegistry(event_types={len(handlers.keys() | middleware.keys())}, handlers="
+            f"{sum(map(len, handlers.values()))}, middleware={sum(map(len, middleware.values()))}"
+            f", frozen={self._frozen})"
         )
 
     def __bool__(self) -> bool:
@@ -392,69 +338,47 @@ class EventRegistry:
 
     @property
     def classes(self) -> tuple[type, ...]:
-        """Every handler and middleware class bound, once each, in the order they were bound.
-
-        What to register in a DI container, or to build once at start-up to check that each can.
-        """
+        """Every class bound, once each, in bind order: what a DI container is to provide."""
         return tuple(self._classes)
 
     def bind(
         self,
-        event_type: type[_EventT] | type[_NoEvent],
-        handler_types: Sequence[type[IEventHandler[_EventT]]],
+        event_type: _EventType[_EventT],
+        handler_types: _Bound[IEventHandler[_EventT], _EventT],
         /,
     ) -> Self:
         """Append `handler_types` to the handlers of `event_type`, in order; return the registry.
 
-        Raises `TypeError` for an event type that is not an event class, for a collection with
-        no order (a set), and for a handler that is not a concrete class whose `async def handle`
-        takes the event; `DuplicateHandlerError` for a handler class already bound to
-        `event_type`; `RegistryFrozenError` once frozen.
+        `TypeError` unless an event class, a list (not a set) and concrete classes whose `async def
+        handle` takes the event; `DuplicateHandlerError`, `RegistryFrozenError` as they say.
         """
         return self._append("bind", [(event_type, handler_types)], [])
 
     def bind_middleware(
         self,
-        event_type: type[_EventT] | type[_NoEvent],
-        middleware_types: Sequence[type[IEventMiddleware[_EventT]]],
+        event_type: _EventType[_EventT],
+        middleware_types: _Bound[IEventMiddleware[_EventT], _EventT],
         /,
     ) -> Self:
-        """Append `middleware_types` to the middleware of `event_type`, the first outermost.
-
-        Raises as `bind` does, for middleware classes.
-        """
+        """Append `middleware_types` to the middleware of `event_type`, the first outermost."""
         return self._append("bind_middleware", [], [(event_type, middleware_types)])
 
     def merge(self, *others: "EventRegistry") -> Self:
-        """Append the bindings of `others` after this registry's own, per event type, in order.
-
-        Raises `TypeError` for an argument that is not an `EventRegistry`,
-        `DuplicateHandlerError` when the result would bind a class twice to one event type, and
-        `RegistryFrozenError` once frozen. The others are left as they were.
-        """
+        """Append the bindings of `others` after this registry's own; raise as `bind` does."""
         for other in others:
             _check_registry(other, "merge")
         handlers = [binding for other in others for binding in other.bindings.items()]
         middleware = [binding for other in others for binding in other.middleware_bindings.items()]
         return self._append("merge", handlers, middleware)
 
-    def _append(
-        self,
-        method: str,
-        handlers: Iterable[tuple[type, Iterable[object]]],
-        middleware: Iterable[tuple[type, Iterable[object]]],
-        /,
-    ) -> Self:
+    def _append(self, method: str, handlers: _Additions, middleware: _Additions, /) -> Self:
         # The one way bindings change: all checked first, then stored, the plans dropped last.
         if self._frozen:
-            raise RegistryFrozenError(
-                f"{self!r} is frozen and cannot {method}; "
-                f"bind and merge everything before calling freeze()"
-            )
+            raise RegistryFrozenError(f"{self!r} is frozen and cannot {method}; do it before freeze()")
         new_handlers = _appended(self._handlers, handlers, "handler", method)
         new_middleware = _appended(self._middleware, middleware, "middleware", method)
-        added = [*new_handlers.values(), *new_middleware.values()]
-        self._classes = {**self._classes, **dict.fromkeys(cls for row in added for cls in row)}
+        rows = [*new_handlers.values(), *new_middleware.values()]
+        self._classes = {**self._classes, **dict.fromkeys(cls for row in rows for cls in row)}
         self._handlers, self._middleware = new_handlers, new_middleware
         self._plans = {}
         return self
@@ -465,71 +389,46 @@ class EventRegistry:
         return self
 
     def handlers_for(
-        self, event_type: type[_EventT] | type[_NoEvent], /
+        self, event_type: _EventType[_EventT], /
     ) -> tuple[type[IEventHandler[_EventT]], ...]:
-        """The handler classes that a publish of an instance of exactly `event_type` runs.
-
-        In the order they run: those bound to `event_type`, then those bound to each base class
-        along its MRO (`IEvent` last, also for a class that only declares the marker), each
-        once. An empty tuple when there are none; `TypeError` for a class that is not an event.
-        """
+        """The handler classes that a publish of exactly `event_type` runs, in order."""
         return self.plan_for(event_type)[0]
 
     def middleware_for(
-        self, event_type: type[_EventT] | type[_NoEvent], /
+        self, event_type: _EventType[_EventT], /
     ) -> tuple[type[IEventMiddleware[_EventT]], ...]:
-        """The middleware classes around each handler of a publish of exactly `event_type`.
-
-        From the outermost in: those bound to `IEvent`, then along the MRO towards
-        `event_type`, each level in bind order; each class once, at its outermost place.
-        """
+        """The middleware around each handler of a publish of `event_type`, `IEvent`'s outermost."""
         return self.plan_for(event_type)[1]
 
-    def plan_for(
-        self, event_type: type[_EventT] | type[_NoEvent], /
-    ) -> tuple[tuple[type[IEventHandler[_EventT]], ...], tuple[type[IEventMiddleware[_EventT]], ...]]:
-        """`handlers_for(event_type)` and `middleware_for(event_type)`, from one lookup.
-
-        What `Mediator.publish` asks for each event; computed once per event type and change.
-        """
+    def plan_for(self, event_type: _EventType[_EventT], /) -> _PlanOf[_EventT]:
+        """`(handlers_for(event_type), middleware_for(event_type))`, from one cached lookup."""
         plans = self._plans
         try:
             return plans[event_type]
-        except (KeyError, TypeError):  # TypeError: an unhashable object, which _check_event_type names
+        except (KeyError, TypeError):  # TypeError: unhashable, which _check_event_type names
             pass
-        plan = plans[event_type] = self._plan(_check_event_type(event_type))
-        return plan
-
-    def _plan(self, event_type: type, /) -> _Plan:
-        mro = event_type.__mro__
+        mro = _check_event_type(event_type).__mro__
         if IEvent not in mro:  # a class that declares the marker: IEvent's bindings reach it too
             mro = (*mro[:-1], IEvent, object)
         handlers, middleware = self._handlers, self._middleware
-        return (
+        plan = plans[event_type] = (
             tuple(dict.fromkeys(cls for base in mro for cls in handlers.get(base, ()))),
             tuple(dict.fromkeys(cls for base in reversed(mro) for cls in middleware.get(base, ()))),
         )
-
-
-def _check_registry(registry: object, taker: str, /) -> None:
-    if not isinstance(registry, EventRegistry):
-        raise TypeError(
-            f"{taker} takes an EventRegistry; got {reprlib.repr(registry)}; "
-            f"build one with EventRegistry().bind(...)"
-        )
-
-
-def _check_count(name: str, value: object, /, *, fix: str = "") -> None:
-    # bool is an int subclass, but `max_depth=True` is a mistake, never a limit.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int; got {reprlib.repr(value)}{fix}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1; got {value!r}{fix}")
+        return plan
 
 
 def _check_fail_fast(fail_fast: object, /) -> None:
     if not isinstance(fail_fast, bool):
         raise TypeError(f"fail_fast must be True or False; got {reprlib.repr(fail_fast)}")
+
+
+def _check_count(name: str, value: object, fix: str = "", /) -> None:
+    # bool is an int subclass, but `max_depth=True` is a mistake, never a limit.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int; got {reprlib.repr(value)}{fix}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1; got {value!r}{fix}")
 
 
 def _ends(error: BaseException, /) -> bool:
@@ -541,13 +440,13 @@ def _ends(error: BaseException, /) -> bool:
 def _outcome(
     event: object, count: int, errors: Sequence[BaseException], bare: BaseException | None, /
 ) -> BaseException:
-    # What a failed publish raises: `bare` itself, the other errors chained to it as its cause,
-    # or, with nothing to raise bare, every error in one group (BaseExceptionGroup(...) makes an
-    # ExceptionGroup when every error is an Exception).
+    # What a failed publish raises: `bare` itself, with the other errors in a group as its cause,
+    # or, with nothing to raise bare, that group (an ExceptionGroup if all are Exceptions).
     others = [error for error in errors if error is not bare]
     if not others and bare is not None:
         return bare
-    group = BaseExceptionGroup(f"{len(errors)} of {count} handlers of {type(event).__qualname__} failed", others)
+    message = f"{len(others)} of {count} handlers of {type(event).__qualname__} failed"
+    group = BaseExceptionGroup(message, others)
     if bare is None:
         return group
     # A cause that `bare` already had stays reachable, as the cause of the group.
@@ -559,12 +458,10 @@ def _outcome(
 class SequentialEventPublisher:
     """Runs the handlers one after another, in bind order, in the caller's task: the default.
 
-    With `fail_fast=True` the first exception propagates unchanged and no later handler runs.
-    With `fail_fast=False` every handler runs; then, if any raised an `Exception`, one
-    `ExceptionGroup` holds those exceptions in handler order. What is not an `Exception`
-    (`CancelledError`, `KeyboardInterrupt`, `SystemExit`...), and a `ChainLimitError`, ends the
-    publish at once under both settings and propagates bare, with the exceptions collected
-    before it chained as its `__cause__`.
+    With `fail_fast=True` the first exception propagates unchanged and no later handler runs;
+    with `fail_fast=False` every handler runs, then one `ExceptionGroup` holds the exceptions in
+    handler order. What is not an `Exception`, and a `ChainLimitError`, ends the publish at once
+    and propagates bare, the exceptions collected before it chained as its `__cause__`.
     """
 
     __slots__ = ("_fail_fast",)
@@ -595,26 +492,28 @@ class SequentialEventPublisher:
                     break
         if errors:
             try:
-                raise _outcome(event, len(handlers), errors, errors[-1] if _ends(errors[-1]) else None)
+                bare = errors[-1] if _ends(errors[-1]) else None
+                raise _outcome(event, len(handlers), errors, bare)
             finally:
-                errors.clear()  # each error's traceback holds this frame: keeping them makes a cycle
+                errors.clear()  # each error's traceback holds this frame: a cycle otherwise
+                bare = None
 
 
-# What a group publisher raises bare rather than in a group: asyncio and the interpreter act on
-# the first three, which a group would hide from them, and a ChainLimitError is about the whole
-# chain: bare at every level of it, it is what the caller sees, however deep the chain.
+# Raised bare by a group publisher: asyncio and the interpreter act on the first three, which a
+# group would hide, and a ChainLimitError is about the whole chain.
 _BARE = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, ChainLimitError)
 
 
 @final
 class _Group:
-    # One call of GroupEventPublisher: the handlers not yet started, what failed, and the workers
-    # to cancel when a failure ends the call early. Workers keep their handlers' errors here and
-    # never fail, so the TaskGroup never cancels the caller (which 3.11's then leaves cancelled).
+    # One call of GroupEventPublisher. Workers keep errors here and never fail, so that the
+    # TaskGroup never cancels the caller (which 3.11's then leaves cancelled).
     __slots__ = ("_event", "_fail_fast", "_pending", "_errors", "_workers", "_stopped")
 
-    def __init__(self, handlers: Sequence[IEventHandler[_EventT]], event: _EventT, fail_fast: bool, /) -> None:
-        self._event: IEvent = event
+    def __init__(
+        self, handlers: Sequence[IEventHandler[Any]], event: IEvent, fail_fast: bool, /
+    ) -> None:
+        self._event = event
         self._fail_fast = fail_fast
         # Shared by the workers, so that each handler starts once, in bind order.
         self._pending: Iterator[tuple[int, IEventHandler[Any]]] = iter(enumerate(handlers))
@@ -639,8 +538,7 @@ class _Group:
             if self._errors:
                 raise self._failure(count, None)
         finally:
-            # The errors' tracebacks hold the workers' frames, which hold this object.
-            self._errors.clear()
+            self._errors.clear()  # their tracebacks hold the workers' frames, which hold this
             self._workers.clear()
 
     def _failure(self, count: int, cancelled: asyncio.CancelledError | None, /) -> BaseException:
@@ -649,8 +547,7 @@ class _Group:
         return _outcome(self._event, count, errors, bare)
 
     async def _work(self, turns: int, /) -> None:
-        # Start up to `turns` handlers one after another, until none is left or a failure ended
-        # the call.
+        # Start up to `turns` handlers, one after another, until a failure ends the call.
         for index, handler in itertools.islice(self._pending, turns):
             if self._stopped:
                 return
@@ -686,15 +583,13 @@ class GroupEventPublisher:
 
         publisher = GroupEventPublisher(max_concurrency=8, fail_fast=False)
 
-    k workers take the handlers one after another, in bind order: a child task per handler with
-    no limit, k child tasks under `max_concurrency=k`; the caller's own task is the one worker
-    when there is one handler or `max_concurrency=1`. With `fail_fast=True` the first failure
-    cancels the running handlers and no other starts; with `fail_fast=False` every handler runs
-    to its end, unless one raises what is not an `Exception`, or a `ChainLimitError`, which ends
-    the call as a failure does. Failures propagate as one exception group, even a single one,
-    so that `except*` always works, in handler order; a `CancelledError`, `KeyboardInterrupt`,
-    `SystemExit` and `ChainLimitError` propagate bare instead, the other failures chained as
-    their `__cause__`. Cancelling the caller cancels every running handler; no task started
+    Handlers start in bind order: each in a child task of its own with no limit, in k child
+    tasks that take turns under `max_concurrency=k`, in the caller's task when it runs alone.
+    With `fail_fast=True` the first failure cancels the running handlers and no other starts;
+    with `fail_fast=False` each runs to its end, unless one raises what is not an `Exception`,
+    or a `ChainLimitError`. Failures propagate as one exception group, in handler order, even a
+    single one; a `CancelledError`, `KeyboardInterrupt`, `SystemExit` or `ChainLimitError` bare,
+    the others chained as its `__cause__`. Cancelling the caller cancels every handler; no task
     outlives the call, and the caller's task is never cancelled or uncancelled by it.
     """
 
@@ -702,16 +597,14 @@ class GroupEventPublisher:
 
     def __init__(self, max_concurrency: int | None = None, *, fail_fast: bool = True) -> None:
         if max_concurrency is not None:
-            _check_count("max_concurrency", max_concurrency, fix="; pass None for no limit")
+            _check_count("max_concurrency", max_concurrency, "; pass None for no limit")
         _check_fail_fast(fail_fast)
         self._max_concurrency = max_concurrency
         self._fail_fast = fail_fast
 
     def __repr__(self) -> str:
-        return (
-            f"GroupEventPublisher(max_concurrency={self._max_concurrency}, "
-            f"fail_fast={self._fail_fast})"
-        )
+        limit = self._max_concurrency
+        return f"GroupEventPublisher(max_concurrency={limit}, fail_fast={self._fail_fast})"
 
     @property
     def max_concurrency(self) -> int | None:
@@ -738,8 +631,7 @@ class RecordingPublisher:
         await checkout(cart, publisher=recorder)
         assert recorder.published == (OrderPlaced(order_id=7),)
 
-    Given a publisher to `forward` to, a `Mediator` say, it publishes each event there after
-    recording it, so that the handlers run too; an event stays recorded whatever they raised.
+    Given a publisher to `forward` to, a `Mediator` say, it publishes each event there too.
     """
 
     __slots__ = ("_forward", "_published")
@@ -747,8 +639,8 @@ class RecordingPublisher:
     def __init__(self, forward: IPublisher | None = None) -> None:
         if forward is not None and not callable(getattr(forward, "publish", None)):
             raise TypeError(
-                f"RecordingPublisher forwards to an IPublisher; got {reprlib.repr(forward)}, which "
-                f"has no publish method; pass a Mediator, or nothing to record only"
+                f"RecordingPublisher forwards to an IPublisher; got {reprlib.repr(forward)}, "
+                f"which has no publish method; pass a Mediator, or nothing to record only"
             )
         self._forward = forward
         self._published: list[IEvent] = []
@@ -771,11 +663,8 @@ class RecordingPublisher:
 
 
 # The chain of event types that led to the handlers running in this context, the newest last: a
-# follow-up, and an event that a handler publishes itself, extend the chain of the event that
-# caused it. `max_depth` bounds its length.
-_chain: contextvars.ContextVar[tuple[type, ...]] = contextvars.ContextVar(
-    "mediator_chain", default=()
-)
+# follow-up and an event that a handler publishes extend their cause's. `max_depth` bounds it.
+_chain: contextvars.ContextVar[tuple[type, ...]] = contextvars.ContextVar("chain", default=())
 
 
 @final
@@ -801,15 +690,13 @@ class _Caller:
             await asyncio.sleep(0)
         except asyncio.CancelledError as pending:
             return pending
-        return asyncio.CancelledError(
-            f"the caller was cancelled while a handler of {type(event).__qualname__} swallowed it"
-        )
+        swallowed = f"a handler of {type(event).__qualname__} swallowed the caller's cancellation"
+        return asyncio.CancelledError(swallowed)
 
 
 def _take(handler: object, /) -> tuple[IEvent, ...]:
-    # The follow-ups in the handler's `events`, emptied as they are taken so that a handler
-    # object used again never has one published twice: a list is cleared, another sequence is
-    # replaced by () where `events` can be set; a read-only one is the handler's to reset.
+    # The follow-ups in the handler's `events`, emptied so that none is published twice: a list
+    # is cleared, a sequence set to () where it can be; a read-only one is the handler's to reset.
     events = getattr(handler, "events", None)
     if not events:
         return ()
@@ -821,9 +708,9 @@ def _take(handler: object, /) -> tuple[IEvent, ...]:
             setattr(handler, "events", ())
         except AttributeError:
             pass
-    follow_ups = tuple(each for each in taken if _is_event(each))
+    follow_ups = tuple(filter(_is_event, taken))
     if len(follow_ups) < len(taken):
-        stray = next(each for each in taken if not _is_event(each))
+        stray = next(itertools.filterfalse(_is_event, taken))
         raise TypeError(
             f"handler {type(handler).__qualname__} left {reprlib.repr(stray)} in its events, "
             f"which is not an event; leave instances of event classes there"
@@ -833,13 +720,12 @@ def _take(handler: object, /) -> tuple[IEvent, ...]:
 
 @final
 class _Call:
-    # A handler as its publisher strategy runs it: `handle` starts nothing once the caller is
-    # cancelled, runs the middleware around the handler, and keeps in `follow_ups` what each
-    # call whose every layer returned left. The one place that calls a user's `handle`.
+    # A handler as its strategy runs it; the one place that calls a user's `handle`. It starts
+    # nothing once the caller is cancelled, and keeps the follow-ups of calls that succeeded.
     __slots__ = ("_handler", "_middleware", "_caller", "follow_ups")
 
     def __init__(
-        self, handler: IEventHandler[Any], middleware: Sequence[IEventMiddleware[Any]], caller: _Caller, /
+        self, handler: IEventHandler[Any], middleware: list[IEventMiddleware[Any]], caller: _Caller
     ) -> None:
         self._handler = handler
         self._middleware = middleware
@@ -850,8 +736,7 @@ class _Call:
         return repr(self._handler)
 
     async def handle(self, event: IEvent, layer: int = 0, /) -> None:
-        # Middleware `layer`, with those inside it and the handler as its `call_next`; past the
-        # last layer, the handler itself. A strategy calls it with the event alone.
+        # Middleware `layer`, the rest of the chain as its `call_next`; past the last, the handler.
         if layer == 0 and self._caller.cancelled():
             return  # the mediator raises the cancellation once the strategy returns
         if layer < len(self._middleware):
@@ -870,18 +755,11 @@ class _Call:
             try:
                 _take(handler)  # a failed call's follow-ups are dropped, for a clean next call
             except Exception as problem:
-                error.add_note(f"emptying the events of {type(handler).__qualname__} raised {problem!r} too")
+                name = type(handler).__qualname__
+                error.add_note(f"emptying the events of {name} raised {problem!r} too")
             raise
         if getattr(handler, "events", None):
             self.follow_ups += _take(handler)
-
-
-def _needs_arguments(cls: type, /) -> bool:
-    try:
-        inspect.signature(cls).bind()
-    except (TypeError, ValueError):  # ValueError: no signature to read, which may well need some
-        return True
-    return False
 
 
 def _names(chain: tuple[type, ...], /) -> str:
@@ -899,13 +777,10 @@ class Mediator:
         await mediator.publish(OrderPlaced(order_id=7))
 
     `resolve(cls)` builds each handler and middleware, plain or `async def` (a DI container's
-    `get`); the default calls `cls()` afresh on every publish. A later `bind` or `merge` on the
-    registry takes effect on the next publish. `max_depth` bounds a chain of events, each a
-    follow-up of the one before or published by one of its handlers; `max_follow_ups` bounds
-    the follow-ups of one publish. Both stop a cycle with `ChainLimitError` before anything
-    past the limit runs. A chain of 32 reactions is a workflow engine's job, and nested
-    publishes that deep stay far from the interpreter's recursion limit; 10,000 follow-ups of
-    one event are a batch job's.
+    `get`); the default calls `cls()` on every publish. `max_depth` bounds a chain of events,
+    each a follow-up of the one before or published by one of its handlers; `max_follow_ups`
+    bounds the follow-ups of one publish. Past either, `ChainLimitError` stops a cycle before it
+    runs: 32 reactions in a chain, or 10,000 follow-ups, are a workflow engine's job.
     """
 
     __slots__ = ("_registry", "_publisher", "_resolve", "_max_depth", "_max_follow_ups")
@@ -921,27 +796,18 @@ class Mediator:
         max_follow_ups: int = 10_000,
     ) -> None:
         _check_registry(registry, "Mediator")
-        if isinstance(publisher, type):
-            name = publisher.__qualname__
-            raise TypeError(f"publisher {name} is a class; pass an instance such as {name}()")
-        if not callable(publisher):
-            raise TypeError(
-                f"publisher {reprlib.repr(publisher)} is not callable; pass an EventPublisher "
-                f"such as SequentialEventPublisher() or GroupEventPublisher()"
-            )
-        if resolve is not None and not callable(resolve):
-            raise TypeError(
-                f"resolve {reprlib.repr(resolve)} is not callable; pass a function that takes a "
-                f"class and returns (or awaits to) an instance of it"
-            )
+        name = publisher.__qualname__ if isinstance(publisher, type) else None
+        if name or not callable(publisher):
+            got, such = (name, f"{name}()") if name else (reprlib.repr(publisher), "a publisher")
+            raise TypeError(f"publisher {got} is not an EventPublisher instance; pass {such}")
+        if not callable(resolve or operator.call):
+            raise TypeError(f"resolve {reprlib.repr(resolve)} is not callable; pass a function")
         _check_count("max_depth", max_depth)
         _check_count("max_follow_ups", max_follow_ups)
-        self._registry = registry
-        self._publisher = publisher
-        # `cls()`, without a frame of ours around it: it runs for every handler of every publish.
+        self._registry, self._publisher = registry, publisher
+        # `cls()`, with no frame of ours around it: it runs for every handler of every publish.
         self._resolve: Resolve = operator.call if resolve is None else resolve
-        self._max_depth = max_depth
-        self._max_follow_ups = max_follow_ups
+        self._max_depth, self._max_follow_ups = max_depth, max_follow_ups
 
     def __repr__(self) -> str:
         resolve = "" if self._resolve is operator.call else f", resolve={self._resolve!r}"
@@ -953,13 +819,10 @@ class Mediator:
     async def publish(self, event: IEvent, /) -> None:
         """Build every handler of `event`, run them with the publisher, then the follow-ups.
 
-        If building a handler raises, no handler runs and the error propagates. With no handlers
-        it returns at once. Follow-ups are the events that handlers leave in their `events`:
-        once every handler of an event succeeded, its follow-ups are published, breadth first,
-        in the order of the handlers that left them; a failure publishes none and ends the
-        publish. Once the caller is cancelled no handler starts, and a `CancelledError` reaches
-        the caller even if a handler swallowed it. `ChainLimitError` when a chain goes past the
-        limits; `TypeError` for what is not an event.
+        Every handler is built before any runs. Once all of an event's handlers succeeded, the
+        follow-ups they left are published, breadth first, in handler order. Once the caller is
+        cancelled no handler starts, and a `CancelledError` reaches it even if a handler
+        swallowed it. `TypeError` for what is not an event.
         """
         try:
             plan = self._registry.plan_for(type(event))
@@ -976,34 +839,29 @@ class Mediator:
     async def _publish_one(
         self, event: IEvent, plan: _Plan, chain: tuple[type, ...], caller: _Caller, /
     ) -> tuple[IEvent, ...]:
-        # Build the handlers and middleware of one event, run them under the publisher with the
-        # chain that led to them, and return their follow-ups.
+        # Build an event's handlers and middleware, run them, and return their follow-ups.
         if len(chain) > self._max_depth:
             raise ChainLimitError(
-                f"the chain of events {_names(chain)} is {len(chain)} long, past "
-                f"max_depth={self._max_depth}: each is a follow-up of the one before or published "
-                f"by one of its handlers; break the cycle, or pass a larger max_depth to Mediator"
+                f"the chain of events {_names(chain)} is {len(chain)} long, past max_depth="
+                f"{self._max_depth}; break the cycle, or pass Mediator a larger max_depth"
             )
-        handler_types, middleware_types = plan
         resolve = self._resolve
         built: list[Any] = []
-        for cls in (*handler_types, *middleware_types):  # all of them, before any runs
+        for cls in plan[0] + plan[1]:  # every one, before any runs
             try:
                 made = resolve(cls)
             except TypeError as error:
-                if resolve is operator.call and _needs_arguments(cls):
+                if resolve is operator.call:  # `cls()` failed: if for want of arguments, say how
                     name = cls.__qualname__
-                    error.add_note(
-                        f"Mediator builds {name} as {name}(); pass Mediator(resolve=...) a "
-                        f"function that builds it with its arguments, such as a DI container's get"
-                    )
+                    error.add_note(f"Mediator builds {name} as {name}(); if it takes arguments, "
+                                   f"pass Mediator(resolve=...) a function that builds it")
                 raise
             # An instance of `cls` is not awaitable; asking inspect costs more than the handler.
-            built.append(await made if type(made) is not cls and inspect.isawaitable(made) else made)
-        middleware: list[IEventMiddleware[Any]] = built[len(handler_types) :]
-        calls: list[_Call] = []
-        for handler in built[: len(handler_types)]:
-            calls.append(_Call(handler, middleware, caller))
+            if type(made) is not cls and inspect.isawaitable(made):
+                made = await made
+            built.append(made)
+        middleware = built[len(plan[0]) :]
+        calls = [_Call(handler, middleware, caller) for handler in built[: len(plan[0])]]
         token = _chain.set(chain)
         try:
             await self._publisher(calls, event)
@@ -1015,26 +873,21 @@ class Mediator:
             _chain.reset(token)
         if caller.cancelled():
             raise await caller.cancellation(event)
-        follow_ups: tuple[IEvent, ...] = ()
-        for call in calls:
-            follow_ups += call.follow_ups
-        return follow_ups
+        return tuple(itertools.chain.from_iterable(call.follow_ups for call in calls))
 
     async def _publish_follow_ups(
         self, follow_ups: tuple[IEvent, ...], chain: tuple[type, ...], caller: _Caller, /
     ) -> None:
-        # Breadth first: every follow-up of one level before any of the next, each level in the
-        # order of the handlers that left them.
+        # Breadth first: each level of follow-ups in the order of the handlers that left them.
         level = [(follow_up, chain) for follow_up in follow_ups]
         published = len(level)
         while level:
             if published > self._max_follow_ups:
                 newest, cause = level[-1]
                 raise ChainLimitError(
-                    f"a publish of {chain[-1].__qualname__} led to more than "
-                    f"max_follow_ups={self._max_follow_ups} follow-up events, the newest along "
-                    f"{_names((*cause, type(newest)))}; break the cycle, or pass a larger "
-                    f"max_follow_ups to Mediator"
+                    f"a publish led to more than max_follow_ups={self._max_follow_ups} follow-up "
+                    f"events, the newest along {_names((*cause, type(newest)))}; break the cycle, "
+                    f"or pass Mediator a larger max_follow_ups"
                 )
             next_level: list[tuple[IEvent, tuple[type, ...]]] = []
             for event, cause in level:

@@ -1373,7 +1373,7 @@ def test_once_a_handler_swallowed_the_callers_cancellation_no_follow_up_starts(
         publishing.cancel()
         with pytest.raises(asyncio.CancelledError) as caught:
             await publishing
-        assert "a handler of OrderPlaced swallowed it" in str(caught.value)
+        assert str(caught.value) == "a handler of OrderPlaced swallowed the caller's cancellation"
 
     run(caller())
     assert log == ["swallows started"]
@@ -1649,7 +1649,7 @@ def test_merge_rejects_what_is_not_a_registry() -> None:
 def test_mediator_rejects_a_registry_publisher_or_resolve_of_the_wrong_kind() -> None:
     with pytest.raises(TypeError, match=r"Mediator takes an EventRegistry; got \[\]"):
         Mediator(unchecked([]))
-    with pytest.raises(TypeError, match="publisher 3 is not callable"):
+    with pytest.raises(TypeError, match="publisher 3 is not an EventPublisher instance"):
         Mediator(EventRegistry(), publisher=unchecked(3))
     with pytest.raises(TypeError, match="resolve 'container' is not callable"):
         Mediator(EventRegistry(), resolve=unchecked("container"))
@@ -1708,9 +1708,9 @@ BAD_HANDLERS: list[tuple[object, str]] = [
     (SyncHandle, r"handler SyncHandle bound to OrderPlaced has a handle that is not `async def`"),
     (Abstract, r"handler Abstract bound to OrderPlaced is abstract; implement handle"),
     (MisspeltHandle, r"handler MisspeltHandle bound to OrderPlaced has only the empty handle of "
-     r"the protocol IEventHandler; define `async def handle\(self, event\)` on MisspeltHandle"),
-    (HandlerProtocol, r"handler HandlerProtocol bound to OrderPlaced is a protocol class, which "
-     r"cannot be built; bind a class that implements it"),
+     r"IEventHandler; define `async def handle\(self, event\)` on MisspeltHandle"),
+    (HandlerProtocol, r"handler HandlerProtocol bound to OrderPlaced is a protocol class; bind a "
+     r"class that implements it"),
     (Audit[OrderPlaced], r"handler .*Audit\[.*OrderPlaced\] bound to OrderPlaced is a "
      r"parametrised generic; bind Audit"),
 ]
@@ -1811,8 +1811,8 @@ def test_bind_refuses_a_handle_that_cannot_take_the_event_positionally(bad: type
     registry = EventRegistry()
     with pytest.raises(
         TypeError,
-        match=rf"handler {bad.__name__} bound to OrderPlaced has handle\(.*\) -> None, which cannot "
-        rf"be called as handle\(event\); define `async def handle\(self, event\)`",
+        match=rf"handler {bad.__name__} bound to OrderPlaced has handle\(.*\) -> None, not "
+        rf"handle\(event\); define `async def handle\(self, event\)`",
     ):
         registry.bind(OrderPlaced, [SendEmail, unchecked(bad)])
     assert registry.handlers_for(OrderPlaced) == ()
@@ -1822,7 +1822,7 @@ def test_bind_middleware_refuses_a_handle_that_cannot_take_event_handler_and_cal
     with pytest.raises(
         TypeError,
         match=r"middleware SendEmail bound to IEvent has handle\(self, event: .*OrderPlaced, /\) "
-        r"-> None, which cannot be called as handle\(event, handler, call_next\)",
+        r"-> None, not handle\(event, handler, call_next\)",
     ):
         EventRegistry().bind_middleware(IEvent, [unchecked(SendEmail)])
 
@@ -2040,8 +2040,8 @@ def test_a_custom_publisher_receives_built_handlers_and_the_event() -> None:
 
 
 def test_mediator_rejects_a_publisher_class_in_place_of_an_instance() -> None:
-    with pytest.raises(TypeError, match=r"publisher GroupEventPublisher is a class; "
-                       r"pass an instance such as GroupEventPublisher\(\)"):
+    with pytest.raises(TypeError, match=r"publisher GroupEventPublisher is not an EventPublisher "
+                       r"instance; pass GroupEventPublisher\(\)"):
         Mediator(EventRegistry(), publisher=unchecked(GroupEventPublisher))
 
 
@@ -2109,12 +2109,12 @@ def test_a_handler_that_needs_arguments_published_without_resolve_says_to_pass_r
         run(mediator.publish(OrderPlaced(order_id=1)))
     name = NeedsAMailer.__qualname__
     assert caught.value.__notes__ == [
-        f"Mediator builds {name} as {name}(); pass Mediator(resolve=...) a function that "
-        f"builds it with its arguments, such as a DI container's get"
+        f"Mediator builds {name} as {name}(); if it takes arguments, pass Mediator(resolve=...) "
+        f"a function that builds it"
     ]
 
 
-def test_a_type_error_raised_while_building_a_handler_that_needs_no_arguments_is_left_alone() -> None:
+def test_a_type_error_raised_while_building_a_handler_keeps_its_own_message() -> None:
     class FailsToBuild:
         def __init__(self) -> None:
             raise TypeError("a bug in the constructor")
@@ -2123,9 +2123,9 @@ def test_a_type_error_raised_while_building_a_handler_that_needs_no_arguments_is
             pass
 
     mediator = Mediator(EventRegistry().bind(OrderPlaced, [FailsToBuild]))
-    with pytest.raises(TypeError, match="a bug in the constructor") as caught:
+    with pytest.raises(TypeError) as caught:
         run(mediator.publish(OrderPlaced(order_id=1)))
-    assert not hasattr(caught.value, "__notes__")
+    assert str(caught.value) == "a bug in the constructor"
 
 
 # --- follow-up events ----------------------------------------------------------------------------
