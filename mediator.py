@@ -178,20 +178,21 @@ class ChainLimitError(MediatorError, RuntimeError):
 class _Unnameable(Generic[_T_co]):
     # The other member of two unions that mypy alone needs; no caller can name it. In
     # `_EventType[E]` it lets IEvent and protocol bases in, which mypy refuses as `type[X]` (mypy
-    # issue 4717). In `_Bound[C, E]` the Callable makes mypy take E from the event type first, so
+    # issue 4717). In `_Handlers[E]` the Callable makes mypy take E from the event type first, so
     # that a wrong handler is named on its own line, not "cannot infer" atop a chain of binds.
     __slots__ = ()
 
 
 _EventType = type[_EventT] | type[_Unnameable[None]]
-_Bound = Sequence[type[_T]] | _Unnameable[Callable[[_EventT], None]]
+_Handlers = Sequence[type[IEventHandler[_EventT]]] | _Unnameable[Callable[[_EventT], None]]
+_Middleware = Sequence[type[IEventMiddleware[_EventT]]] | _Unnameable[Callable[[_EventT], None]]
 # What a publish of one event type runs: its handler classes in order, then its middleware from
 # the outermost in. Stored with the event types they take erased: `bind` checked them.
 _PlanOf = tuple[
     tuple[type[IEventHandler[_EventT]], ...], tuple[type[IEventMiddleware[_EventT]], ...]
 ]
 _Plan = _PlanOf[Any]
-_Table = dict[type, tuple[type, ...]]
+_Table = dict[type, tuple[type[Any], ...]]
 _Additions = Iterable[tuple[type, Iterable[object] | _Unnameable[Any]]]
 _MAKE_IT_ONE = "subclass IEvent, or declare `__mediator_event__: ClassVar[Literal[True]] = True`"
 
@@ -218,7 +219,7 @@ def _check_event_type(event_type: object, /) -> type:
     return event_type
 
 
-def _check_bound(bound: object, where: str, parameters: str, /) -> type:
+def _check_bound(bound: object, where: str, parameters: str, /) -> type[Any]:
     # That `bound().handle(parameters...)` can be awaited; `where` names it, with {}.
     if isinstance(origin := typing.get_origin(bound), type):
         raise TypeError(
@@ -303,9 +304,8 @@ class EventRegistry:
         self._handlers: _Table = {}
         self._middleware: _Table = {}
         self._classes: dict[type, None] = {}
-        # The plans looked up so far. A change replaces this dict after the bindings, never
-        # clears it: a lookup that read the bindings before the change stores its plan in the
-        # dict that the change dropped, so that the next lookup, in any thread, sees the change.
+        # Replaced, never cleared, after the bindings change: a lookup that read the old bindings
+        # stores its plan in the dict dropped, so the next lookup, in any thread, sees the change.
         self._plans: dict[type, _Plan] = {}
         self._frozen = False
 
@@ -344,7 +344,7 @@ class EventRegistry:
     def bind(
         self,
         event_type: _EventType[_EventT],
-        handler_types: _Bound[IEventHandler[_EventT], _EventT],
+        handler_types: _Handlers[_EventT],
         /,
     ) -> Self:
         """Append `handler_types` to the handlers of `event_type`, in order; return the registry.
@@ -357,7 +357,7 @@ class EventRegistry:
     def bind_middleware(
         self,
         event_type: _EventType[_EventT],
-        middleware_types: _Bound[IEventMiddleware[_EventT], _EventT],
+        middleware_types: _Middleware[_EventT],
         /,
     ) -> Self:
         """Append `middleware_types` to the middleware of `event_type`, the first outermost."""
@@ -374,7 +374,7 @@ class EventRegistry:
     def _append(self, method: str, handlers: _Additions, middleware: _Additions, /) -> Self:
         # The one way bindings change: all checked first, then stored, the plans dropped last.
         if self._frozen:
-            raise RegistryFrozenError(f"{self!r} is frozen and cannot {method}; do it before freeze()")
+            raise RegistryFrozenError(f"{self!r} is frozen and cannot {method}; do it before")
         new_handlers = _appended(self._handlers, handlers, "handler", method)
         new_middleware = _appended(self._middleware, middleware, "middleware", method)
         rows = [*new_handlers.values(), *new_middleware.values()]
@@ -480,14 +480,14 @@ class SequentialEventPublisher:
 
     async def __call__(self, handlers: Sequence[IEventHandler[_EventT]], event: _EventT, /) -> None:
         """Run `handlers` on `event`, one after another."""
-        errors: list[BaseException] = []
+        errors: list[BaseException] | None = None
         for handler in handlers:
             try:
                 await handler.handle(event)
             except BaseException as error:
                 if self._fail_fast:
                     raise
-                errors.append(error)
+                errors = [*(errors or ()), error]
                 if _ends(error):
                     break
         if errors:
@@ -711,16 +711,14 @@ def _take(handler: object, /) -> tuple[IEvent, ...]:
     follow_ups = tuple(filter(_is_event, taken))
     if len(follow_ups) < len(taken):
         stray = next(itertools.filterfalse(_is_event, taken))
-        raise TypeError(
-            f"handler {type(handler).__qualname__} left {reprlib.repr(stray)} in its events, "
-            f"which is not an event; leave instances of event classes there"
-        )
+        raise TypeError(f"handler {type(handler).__qualname__} left {reprlib.repr(stray)} in its "
+                        f"events, which is not an event; leave only events there")
     return follow_ups
 
 
 @final
 class _Call:
-    # A handler as its strategy runs it; the one place that calls a user's `handle`. It starts
+    # A handler as its strategy runs it, and the one place that calls a user's `handle`: it starts
     # nothing once the caller is cancelled, and keeps the follow-ups of calls that succeeded.
     __slots__ = ("_handler", "_middleware", "_caller", "follow_ups")
 
@@ -806,7 +804,7 @@ class Mediator:
         _check_count("max_follow_ups", max_follow_ups)
         self._registry, self._publisher = registry, publisher
         # `cls()`, with no frame of ours around it: it runs for every handler of every publish.
-        self._resolve: Resolve = operator.call if resolve is None else resolve
+        self._resolve: Callable[[type[Any]], object] = operator.call if resolve is None else resolve
         self._max_depth, self._max_follow_ups = max_depth, max_follow_ups
 
     def __repr__(self) -> str:
@@ -831,7 +829,7 @@ class Mediator:
         if not plan[0]:
             return
         caller = _Caller()
-        chain = (*_chain.get(), type(event))
+        chain = _chain.get() + (type(event),)
         follow_ups = await self._publish_one(event, plan, chain, caller)
         if follow_ups:
             await self._publish_follow_ups(follow_ups, chain, caller)
@@ -845,7 +843,7 @@ class Mediator:
                 f"the chain of events {_names(chain)} is {len(chain)} long, past max_depth="
                 f"{self._max_depth}; break the cycle, or pass Mediator a larger max_depth"
             )
-        resolve = self._resolve
+        resolve, count = self._resolve, len(plan[0])
         built: list[Any] = []
         for cls in plan[0] + plan[1]:  # every one, before any runs
             try:
@@ -856,12 +854,11 @@ class Mediator:
                     error.add_note(f"Mediator builds {name} as {name}(); if it takes arguments, "
                                    f"pass Mediator(resolve=...) a function that builds it")
                 raise
-            # An instance of `cls` is not awaitable; asking inspect costs more than the handler.
-            if type(made) is not cls and inspect.isawaitable(made):
+            if type(made) is not cls and inspect.isawaitable(made):  # cheaper than inspect alone
                 made = await made
             built.append(made)
-        middleware = built[len(plan[0]) :]
-        calls = [_Call(handler, middleware, caller) for handler in built[: len(plan[0])]]
+        middleware = built[count:]
+        calls = [_Call(handler, middleware, caller) for handler in built[:count]]
         token = _chain.set(chain)
         try:
             await self._publisher(calls, event)
@@ -873,7 +870,10 @@ class Mediator:
             _chain.reset(token)
         if caller.cancelled():
             raise await caller.cancellation(event)
-        return tuple(itertools.chain.from_iterable(call.follow_ups for call in calls))
+        follow_ups: tuple[IEvent, ...] = ()
+        for call in calls:
+            follow_ups += call.follow_ups
+        return follow_ups
 
     async def _publish_follow_ups(
         self, follow_ups: tuple[IEvent, ...], chain: tuple[type, ...], caller: _Caller, /
