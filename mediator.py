@@ -2,49 +2,45 @@
 
 An event is something that already happened; it has zero or more handlers. Bind event types to
 lists of handler classes in an `EventRegistry`, then `await Mediator(registry).publish(event)`:
-the handlers run in the caller's task and context, their errors reach the caller, and the
-follow-up events they leave in their `events` are published before `publish` returns.
+the handlers run in the caller's task and context, and their errors reach the caller.
 
     registry = EventRegistry().bind(OrderPlaced, [SendReceipt, ReserveStock])
     await Mediator(registry).publish(OrderPlaced(order_id=7))
 
 Vendoring: copy this file into your project and import from it. It needs Python 3.11 or newer
-and nothing outside the standard library. Licence: MIT. Version 2.0.0 (`__version__`).
+and nothing outside the standard library. Licence: MIT. Version 3.0.0 (`__version__`).
 """
 
-__version__ = "2.0.0"
+__version__ = "3.0.0"
 
 __all__ = (
-    "IEvent",
-    "IEventHandler",
-    "IEventMiddleware",
-    "IPublisher",
-    "EventPublisher",
-    "Resolve",
+    # What users implement and type against.
+    "IEvent", "IEventHandler", "IEventMiddleware", "IPublisher", "EventPublisher", "Resolve",
     "EventHandler",
-    "MediatorError",
-    "DuplicateHandlerError",
-    "RegistryFrozenError",
-    "ChainLimitError",
-    "EventRegistry",
-    "SequentialEventPublisher",
-    "GroupEventPublisher",
-    "RecordingPublisher",
+    # What misuse raises.
+    "MediatorError", "DuplicateHandlerError", "RegistryFrozenError", "ChainLimitError",
+    # What publishes.
+    "EventRegistry", "SequentialEventPublisher", "GroupEventPublisher", "RecordingPublisher",
     "Mediator",
 )
 
 import abc
 import asyncio
 import contextvars
+import functools
 import inspect
+import itertools
+import operator
+import reprlib
 import types
 import typing
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ClassVar, Literal, Never, Protocol, Self, TypeVar, final
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Generic, Literal, Never, Protocol, Self, TypeGuard, TypeVar, final
 
 _EventT = TypeVar("_EventT", bound="IEvent")
 _EventT_contra = TypeVar("_EventT_contra", bound="IEvent", contravariant=True)
 _T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
 
 
 class IEvent(Protocol):
@@ -55,24 +51,21 @@ class IEvent(Protocol):
             order_id: int
 
     A base whose metaclass conflicts with `Protocol`'s (pydantic, msgspec, attrs) declares the
-    marker instead of inheriting it: `__mediator_event__: ClassVar[Literal[True]] = True`. Either
-    way, handlers and middleware bound to `IEvent` reach every event.
+    marker instead: `__mediator_event__: ClassVar[Literal[True]] = True`.
     """
 
     __slots__ = ()
 
-    # An empty protocol would match every object, so `publish(42)` would type-check. This class
-    # variable is the marker that makes "is an event" mean something to a type checker; a class
-    # object cannot match a ClassVar member, so `publish(OrderPlaced)` is rejected too.
+    # The marker that makes "is an event" mean something, to a type checker and at run time: an
+    # empty protocol would match `42`, and a class object cannot match a ClassVar member.
     __mediator_event__: ClassVar[Literal[True]] = True
 
 
 class IEventHandler(Protocol[_EventT_contra]):
     """A handler of events of type `_EventT_contra`: any class with a matching async `handle`.
 
-    Contravariant: a handler of `DomainEvent` is a handler of every subclass of `DomainEvent`.
-    Handlers need not inherit anything, and may name the event parameter as they like. A handler
-    may leave follow-up events in an `events` attribute or property; see `Mediator.publish`.
+    Contravariant: a handler of `DomainEvent` handles every subclass of it. It need not inherit
+    anything, may name its parameter as it likes, and may leave follow-ups in `events`.
     """
 
     __slots__ = ()
@@ -84,17 +77,10 @@ class IEventHandler(Protocol[_EventT_contra]):
 class IEventMiddleware(Protocol[_EventT_contra]):
     """Code around each handler of events of type `_EventT_contra`: timing, tracing, retries.
 
-        class Timing:
-            async def handle(self, event: IEvent, handler: object, call_next: CallNext, /) -> None:
-                start = time.perf_counter()
-                await call_next()
-                print(type(handler).__name__, time.perf_counter() - start)
-
-    `call_next()` runs the rest of the chain, then the handler. An exception from `handle` is
-    that handler's failure; catching the handler's exception makes the call a success; not
-    calling `call_next` skips the handler. `handler` is the handler being wrapped, typed as a
-    handler of some event: name it, but run it only through `call_next`. Contravariant, like
-    `IEventHandler`: middleware of `IEvent` can wrap every handler.
+    `call_next()` runs the rest of the chain, then the handler: not calling it skips the handler.
+    An exception from `handle` is the handler's failure; catching the handler's makes the call a
+    success. Follow-ups count only from a call whose every layer returned, even when a layer
+    outside catches what left one inside. Run `handler` only through `call_next`.
     """
 
     __slots__ = ()
@@ -121,10 +107,8 @@ class IPublisher(Protocol):
 class EventPublisher(Protocol):
     """The strategy that runs the built handlers of one event: write your own or use ours.
 
-    `handlers` is never empty; the mediator calls the strategy only when there is work. The
-    handlers it gets come wrapped in their middleware, and their follow-ups are taken as each
-    `handle` returns (a call that failed leaves none), so a strategy of your own needs to do
-    nothing for either.
+    `handlers` is never empty, and each is wrapped: its `handle` starts nothing once the caller
+    is cancelled, runs the middleware and keeps the follow-ups. What propagates reaches the caller.
     """
 
     __slots__ = ()
@@ -149,15 +133,25 @@ class Resolve(Protocol):
 class EventHandler(IEventHandler[_EventT_contra], abc.ABC):
     """Base class for handlers that want it: subclass `EventHandler[OrderPlaced]`, write `handle`.
 
-    `events` holds the follow-up events of the last `handle`, none by default; assign it there:
-    `self.events = [OrderShipped(order_id=event.order_id)]` (a subclass with `__slots__` lists
-    "events" in them). Inheriting is optional: any class with a matching async `handle` is an
-    `IEventHandler`.
+        class ShipWhenPaid(EventHandler[PaymentReceived]):
+            async def handle(self, event: PaymentReceived) -> None:
+                self.events.append(OrderShipped(order_id=event.order_id))
+
+    `events` is this handler's own list of follow-ups; the mediator empties it as it takes them,
+    so that a handler object used again never has one published twice. Without this base,
+    `events` may be any sequence in an attribute or a property with a setter, which the mediator
+    resets to `()`; a read-only one that is not a list is the handler's to reset in `handle`.
     """
 
-    __slots__ = ()
+    __slots__ = ("events",)  # so that a subclass with `__slots__` of its own need not list it
+    events: list[IEvent]
 
-    events: Sequence[IEvent] = ()
+    # `__new__`, not `__init__`: every instance gets its own list, also one whose `__init__` does
+    # not call this one (a dataclass), and a mixin's `__init__` after this class still runs.
+    def __new__(cls, *args: object, **kwargs: object) -> Self:
+        handler = super().__new__(cls)
+        handler.events = []
+        return handler
 
     @abc.abstractmethod
     async def handle(self, event: _EventT_contra, /) -> None:
@@ -181,125 +175,146 @@ class ChainLimitError(MediatorError, RuntimeError):
 
 
 @final
-class _NoEvent:
-    # mypy refuses a protocol class, IEvent itself included, where a plain `type[X]` parameter
-    # is expected ("Only concrete class can be given", mypy issue 4717), yet binding to IEvent
-    # or to a protocol base is how one handler reaches many events. A union turns that check
-    # off; its other member is this class, which no caller can name, so nothing else gets in.
+class _Unnameable(Generic[_T_co]):
+    # The other member of two unions that mypy alone needs; no caller can name it. In
+    # `_EventType[E]` it lets IEvent and protocol bases in, which mypy refuses as `type[X]` (mypy
+    # issue 4717). In `_Handlers[E]` the Callable makes mypy take E from the event type first, so
+    # that a wrong handler is named on its own line, not "cannot infer" atop a chain of binds.
     __slots__ = ()
 
 
-# What a publish of one event type runs: its handler classes in run order, and its middleware
-# classes from the outermost in. The types of the events they take are erased in storage; `bind`
-# checked them, and every lookup goes through a class they were bound to or a subclass of it.
-_Plan = tuple[tuple[type[IEventHandler[Any]], ...], tuple[type[IEventMiddleware[Any]], ...]]
+_EventType = type[_EventT] | type[_Unnameable[None]]
+_Handlers = Sequence[type[IEventHandler[_EventT]]] | _Unnameable[Callable[[_EventT], None]]
+_Middleware = Sequence[type[IEventMiddleware[_EventT]]] | _Unnameable[Callable[[_EventT], None]]
+# What a publish of one event type runs: its handler classes in order, then its middleware from
+# the outermost in. Stored with the event types they take erased: `bind` checked them.
+_PlanOf = tuple[
+    tuple[type[IEventHandler[_EventT]], ...], tuple[type[IEventMiddleware[_EventT]], ...]
+]
+_Plan = _PlanOf[Any]
+_Table = dict[type, tuple[type[Any], ...]]
+_Additions = Iterable[tuple[type, Iterable[object] | _Unnameable[Any]]]
+_MAKE_IT_ONE = "subclass IEvent, or declare `__mediator_event__: ClassVar[Literal[True]] = True`"
 
 
-class _Plans:
-    # The plans per event type, shared by a registry and its mediators so that publish finds
-    # its plan with one dict lookup. Both classes derive from this one because type checkers
-    # let a subclass of the declaring class, and no other class, read `_plans`.
-    __slots__ = ("_plans",)
-
-    def __init__(self, plans: dict[type, _Plan], /) -> None:
-        self._plans = plans
+def _is_event(value: object, /) -> TypeGuard[IEvent]:
+    return getattr(type(value), "__mediator_event__", None) is True
 
 
-def _check_event_type(event_type: object, /) -> None:
+def _not_an_event(event: object, /) -> TypeError:
+    if isinstance(event, type):
+        name = event.__qualname__
+        return TypeError(f"publish takes an event; got the class {name}; publish {name}(...)")
+    return TypeError(
+        f"publish takes an event; got {reprlib.repr(event)}, whose class "
+        f"{type(event).__qualname__} is not an event class; {_MAKE_IT_ONE}"
+    )
+
+
+def _check_event_type(event_type: object, /) -> type:
     if not isinstance(event_type, type):
+        raise TypeError(f"event type {reprlib.repr(event_type)} is not a class; pass type(event)")
+    if getattr(event_type, "__mediator_event__", None) is not True:
+        raise TypeError(f"{event_type.__qualname__} is not an event class; {_MAKE_IT_ONE}")
+    return event_type
+
+
+def _check_bound(bound: object, where: str, parameters: str, /) -> type[Any]:
+    # That `bound().handle(parameters...)` can be awaited; `where` names it, with {}.
+    if isinstance(origin := typing.get_origin(bound), type):
         raise TypeError(
-            f"event type {event_type!r} is not a class; pass the event class, such as type(event)"
-        )
-    if issubclass(event_type, type):
-        raise TypeError(
-            f"event type {event_type.__qualname__} is a metaclass, whose instances are classes; "
-            f"pass the event class itself"
-        )
-
-
-def _is_protocol(cls: type, /) -> bool:
-    # typing.is_protocol came in 3.13; before it, this attribute is how typing itself tells.
-    return getattr(cls, "_is_protocol", False) is True
-
-
-def _check_bound_class(bound: object, kind: str, event_type: type, /) -> None:
-    where = f"{kind} {{}} bound to {event_type.__qualname__}"
-    origin = typing.get_origin(bound)
-    if isinstance(origin, type):
-        raise TypeError(
-            f"{where.format(repr(bound))} is a parametrised generic; bind {origin.__qualname__} "
-            f"itself: the event type it is bound to decides its type parameter"
+            f"{where.format(repr(bound))} is a parametrised generic; bind {origin.__qualname__}: "
+            f"the event type it is bound to decides its type parameter"
         )
     if not isinstance(bound, type):
-        if callable(getattr(bound, "handle", None)):
-            fix = f"bind the class {type(bound).__qualname__} instead"
-            raise TypeError(f"{where.format(repr(bound))} is an instance; {fix}")
-        raise TypeError(
-            f"{where.format(repr(bound))} is not a class; "
-            f"bind a class that has an `async def handle(self, event...)` method"
-        )
-    name = bound.__qualname__
-    if _is_protocol(bound):
-        raise TypeError(
-            f"{where.format(name)} is a protocol class, which cannot be built; "
-            f"bind a class that implements it"
-        )
+        fix = f"an instance; bind the class {type(bound).__qualname__} instead"
+        fix = fix if hasattr(bound, "handle") else "not a class; bind a class with a handle"
+        raise TypeError(f"{where.format(repr(bound))} is {fix}")
+    where, wanted = where.format(bound.__qualname__), f"`async def handle(self, {parameters})`"
+    # typing.is_protocol came in 3.13; before it, this attribute is how typing itself tells.
+    if getattr(bound, "_is_protocol", False) is True:
+        raise TypeError(f"{where} is a protocol class; bind a class that implements it")
     handle = getattr(bound, "handle", None)
-    if handle is None:
-        raise TypeError(f"{where.format(name)} has no handle method; define `async def handle`")
+    stubs = (vars(IEventHandler)["handle"], vars(IEventMiddleware)["handle"])
+    if handle is None or handle in stubs:
+        owner = next((base for base in bound.__mro__ if "handle" in vars(base)), None)
+        has = f"only the empty handle of {owner.__name__}" if owner else "no handle method"
+        raise TypeError(f"{where} has {has}; define {wanted} on {bound.__qualname__}")
     if not inspect.iscoroutinefunction(handle):
-        raise TypeError(
-            f"{where.format(name)} has a handle that is not `async def`; make it `async def handle`"
-        )
-    owner = next(cls for cls in bound.__mro__ if "handle" in vars(cls))
-    if _is_protocol(owner):
-        raise TypeError(
-            f"{where.format(name)} has only the empty handle of the protocol "
-            f"{owner.__qualname__}; define `async def handle(self, event)` on {name}"
-        )
+        raise TypeError(f"{where} has a handle that is not `async def`; define {wanted}")
     if inspect.isabstract(bound):
         missing = ", ".join(sorted(getattr(bound, "__abstractmethods__", ())))
-        raise TypeError(f"{where.format(name)} is abstract; implement {missing}")
+        raise TypeError(f"{where} is abstract; implement {missing}")
+    # A plain function in the class takes the instance too; a static or class method does not.
+    receiver = [None] if inspect.isfunction(inspect.getattr_static(bound, "handle")) else []
+    try:
+        inspect.signature(handle).bind(*receiver, *parameters.split(", "))
+    except TypeError:
+        shown = f"handle{inspect.signature(handle)}"
+        raise TypeError(f"{where} has {shown}, not handle({parameters}); define {wanted}") from None
+    return bound
+
+
+def _appended(table: _Table, additions: _Additions, kind: str, method: str, /) -> _Table:
+    # A new table: `table` with each (event type, classes) appended, once each class is checked.
+    new = dict(table)
+    parameters = "event, handler, call_next" if kind == "middleware" else "event"
+    for event_type, given in additions:
+        name = _check_event_type(event_type).__qualname__
+        if isinstance(given, (str, type)) or not isinstance(given, Sequence):
+            shown = given.__qualname__ if isinstance(given, type) else "..."
+            raise TypeError(
+                f"{method} takes a list of {kind} classes for {name}, in the order they run; "
+                f"got {reprlib.repr(given)}; write [{shown}]"
+            )
+        bound = list(new.get(event_type, ()))
+        for each in given:
+            cls = _check_bound(each, f"{kind} {{}} bound to {name}", parameters)
+            if cls in bound:
+                raise DuplicateHandlerError(
+                    f"{kind} {cls.__qualname__} is bound to {name} twice; bind each {kind} class "
+                    f"once per event type, in one registry"
+                )
+            bound.append(cls)
+        if bound:
+            new[event_type] = tuple(bound)
+    return new
 
 
 def _check_registry(registry: object, taker: str, /) -> None:
     if not isinstance(registry, EventRegistry):
-        raise TypeError(
-            f"{taker} takes an EventRegistry; got {registry!r}; "
-            f"build one with EventRegistry().bind(...)"
-        )
+        raise TypeError(f"{taker} takes an EventRegistry; got {reprlib.repr(registry)}")
 
 
 @final
-class EventRegistry(_Plans):
+class EventRegistry:
     """Binds event types to handler and middleware classes; modules' registries merge at start-up.
 
         registry = EventRegistry().bind(OrderPlaced, [SendReceipt]).bind(IEvent, [AuditLog])
 
-    A publish of an event runs the handlers bound to its class, then those bound to each base
-    class along the MRO; a handler class bound at several levels runs once, at its first place.
-    Middleware bound to a class wraps every handler that a publish of it or of a subclass runs,
-    those bound to base classes outside those bound to subclasses. `bind`, `bind_middleware` and
-    `merge` check everything before they change anything: on error nothing changed.
+    A publish runs the handlers bound to the event's class, then to each base class along the
+    MRO, each once; middleware bound to base classes wraps that bound to subclasses. `bind`,
+    `bind_middleware` and `merge` check everything first: on error nothing changed. A change is
+    seen by the next lookup, in any thread; bind from one thread at a time.
     """
 
-    __slots__ = ("_handlers", "_middleware", "_classes", "_frozen")
+    __slots__ = ("_handlers", "_middleware", "_classes", "_plans", "_frozen")
 
     def __init__(self) -> None:
-        # Cleared in place, never replaced: every `Mediator` of this registry reads this dict.
-        super().__init__({})
-        self._handlers: dict[type, tuple[type[IEventHandler[Any]], ...]] = {}
-        self._middleware: dict[type, tuple[type[IEventMiddleware[Any]], ...]] = {}
+        self._handlers: _Table = {}
+        self._middleware: _Table = {}
         self._classes: dict[type, None] = {}
+        # Replaced, never cleared, after the bindings change: a lookup that read the old bindings
+        # stores its plan in the dict dropped, so the next lookup, in any thread, sees the change.
+        self._plans: dict[type, _Plan] = {}
         self._frozen = False
 
     def __repr__(self) -> str:
-        handlers = sum(map(len, self._handlers.values()))
-        middleware = sum(map(len, self._middleware.values()))
-        event_types = len(self._handlers.keys() | self._middleware.keys())
+        handlers, middleware = self._handlers, self._middleware
         return (
-            f"EventRegistry(event_types={event_types}, handlers={handlers}, "
-            f"middleware={middleware}, frozen={self._frozen})"
+            f"EventRegistry(event_types={len(handlers.keys() | middleware.keys())}, handlers="
+            f"{sum(map(len, handlers.values()))}, middleware={sum(map(len, middleware.values()))}"
+            f", frozen={self._frozen})"
         )
 
     def __bool__(self) -> bool:
@@ -323,96 +338,49 @@ class EventRegistry(_Plans):
 
     @property
     def classes(self) -> tuple[type, ...]:
-        """Every handler and middleware class bound, once each, in bind order.
-
-        What to register in a DI container, or to build once at start-up to check that each can.
-        """
+        """Every class bound, once each, in bind order: what a DI container is to provide."""
         return tuple(self._classes)
 
     def bind(
         self,
-        event_type: type[_EventT] | type[_NoEvent],
-        handler_types: Sequence[type[IEventHandler[_EventT]]],
+        event_type: _EventType[_EventT],
+        handler_types: _Handlers[_EventT],
         /,
     ) -> Self:
         """Append `handler_types` to the handlers of `event_type`, in order; return the registry.
 
-        Raises `TypeError` for an event type that is not a class and for a handler that is not
-        a concrete class with an `async def handle`; `DuplicateHandlerError` for a handler class
-        already bound to `event_type`; `RegistryFrozenError` once frozen.
+        `TypeError` unless an event class, a list (not a set) and concrete classes whose `async def
+        handle` takes the event; `DuplicateHandlerError`, `RegistryFrozenError` as they say.
         """
-        self._handlers = self._add(self._handlers, event_type, handler_types, "handler", "bind")
-        return self
+        return self._append("bind", [(event_type, handler_types)], [])
 
     def bind_middleware(
         self,
-        event_type: type[_EventT] | type[_NoEvent],
-        middleware_types: Sequence[type[IEventMiddleware[_EventT]]],
+        event_type: _EventType[_EventT],
+        middleware_types: _Middleware[_EventT],
         /,
     ) -> Self:
-        """Append `middleware_types` to the middleware of `event_type`, the first outermost.
-
-        Raises as `bind` does, for middleware classes.
-        """
-        self._middleware = self._add(
-            self._middleware, event_type, middleware_types, "middleware", "bind_middleware"
-        )
-        return self
-
-    def _add(
-        self,
-        table: dict[type, tuple[type[_T], ...]],
-        event_type: type,
-        added: Sequence[type[_T]],
-        kind: str,
-        method: str,
-        /,
-    ) -> dict[type, tuple[type[_T], ...]]:
-        # A new table: `added` appended to the classes of `event_type`, once all are checked.
-        self._check_not_frozen(method)
-        _check_event_type(event_type)
-        if isinstance(added, (type, str)):
-            shown = getattr(added, "__qualname__", "...")
-            raise TypeError(
-                f"{method} takes a list of {kind} classes; got {added!r} for "
-                f"{event_type.__qualname__}; write [{shown}]"
-            )
-        bound = table.get(event_type, ())
-        seen = set(bound)
-        new: list[type[_T]] = []
-        for cls in added:
-            _check_bound_class(cls, kind, event_type)
-            if cls in seen:
-                raise DuplicateHandlerError(
-                    f"{kind} {cls.__qualname__} is already bound to {event_type.__qualname__}; "
-                    f"bind each {kind} class once per event type"
-                )
-            seen.add(cls)
-            new.append(cls)
-        if not new:
-            return table
-        self._classes.update(dict.fromkeys(new))
-        self._plans.clear()
-        return {**table, event_type: (*bound, *new)}
+        """Append `middleware_types` to the middleware of `event_type`, the first outermost."""
+        return self._append("bind_middleware", [], [(event_type, middleware_types)])
 
     def merge(self, *others: "EventRegistry") -> Self:
-        """Append the bindings of `others` after this registry's own, per event type, in order.
-
-        Raises `TypeError` for an argument that is not an `EventRegistry`,
-        `DuplicateHandlerError` when the result would bind a class twice to one event type, and
-        `RegistryFrozenError` once frozen. The others are left as they were.
-        """
-        self._check_not_frozen("merge")
-        handlers = dict(self._handlers)
-        middleware = dict(self._middleware)
-        classes = dict(self._classes)
+        """Append the bindings of `others` after this registry's own; raise as `bind` does."""
         for other in others:
             _check_registry(other, "merge")
-            _merge_into(handlers, other._handlers, "handler")
-            _merge_into(middleware, other._middleware, "middleware")
-            classes.update(other._classes)
-        self._handlers, self._middleware, self._classes = handlers, middleware, classes
-        self._plans.clear()
+        handlers = [binding for other in others for binding in other.bindings.items()]
+        middleware = [binding for other in others for binding in other.middleware_bindings.items()]
+        return self._append("merge", handlers, middleware)
+
+    def _append(self, method: str, handlers: _Additions, middleware: _Additions, /) -> Self:
+        # The one way bindings change: all checked first, then stored, the plans dropped last.
+        if self._frozen:
+            raise RegistryFrozenError(f"{self!r} is frozen and cannot {method}; do it before")
+        new_handlers = _appended(self._handlers, handlers, "handler", method)
+        new_middleware = _appended(self._middleware, middleware, "middleware", method)
+        rows = [*new_handlers.values(), *new_middleware.values()]
+        self._classes = {**self._classes, **dict.fromkeys(cls for row in rows for cls in row)}
+        self._handlers, self._middleware = new_handlers, new_middleware
+        self._plans = {}
         return self
 
     def freeze(self) -> Self:
@@ -421,141 +389,46 @@ class EventRegistry(_Plans):
         return self
 
     def handlers_for(
-        self, event_type: type[_EventT] | type[_NoEvent], /
+        self, event_type: _EventType[_EventT], /
     ) -> tuple[type[IEventHandler[_EventT]], ...]:
-        """The handler classes that a publish of an instance of exactly `event_type` runs.
-
-        In the order they run: those bound to `event_type`, then those bound to each base class
-        along its MRO (`IEvent` last, also for a class that only declares the marker), each
-        once. An empty tuple when there are none.
-        """
-        return self._plan(event_type)[0]
+        """The handler classes that a publish of exactly `event_type` runs, in order."""
+        return self.plan_for(event_type)[0]
 
     def middleware_for(
-        self, event_type: type[_EventT] | type[_NoEvent], /
+        self, event_type: _EventType[_EventT], /
     ) -> tuple[type[IEventMiddleware[_EventT]], ...]:
-        """The middleware classes around each handler of a publish of exactly `event_type`.
+        """The middleware around each handler of a publish of `event_type`, `IEvent`'s outermost."""
+        return self.plan_for(event_type)[1]
 
-        From the outermost in: those bound to `IEvent`, then along the MRO towards
-        `event_type`, each level in bind order; each class once, at its outermost place.
-        """
-        return self._plan(event_type)[1]
-
-    def _plan(self, event_type: type, /) -> _Plan:
-        _check_event_type(event_type)
+    def plan_for(self, event_type: _EventType[_EventT], /) -> _PlanOf[_EventT]:
+        """`(handlers_for(event_type), middleware_for(event_type))`, from one cached lookup."""
+        plans = self._plans
         try:
-            return self._plans[event_type]
-        except KeyError:
+            return plans[event_type]
+        except (KeyError, TypeError):  # TypeError: unhashable, which _check_event_type names
             pass
-        mro = event_type.__mro__
-        if IEvent not in mro and getattr(event_type, "__mediator_event__", None) is True:
+        mro = _check_event_type(event_type).__mro__
+        if IEvent not in mro:  # a class that declares the marker: IEvent's bindings reach it too
             mro = (*mro[:-1], IEvent, object)
         handlers, middleware = self._handlers, self._middleware
-        plan = (
-            tuple(dict.fromkeys(h for cls in mro for h in handlers.get(cls, ()))),
-            tuple(dict.fromkeys(m for cls in reversed(mro) for m in middleware.get(cls, ()))),
+        plan = plans[event_type] = (
+            tuple(dict.fromkeys(cls for base in mro for cls in handlers.get(base, ()))),
+            tuple(dict.fromkeys(cls for base in reversed(mro) for cls in middleware.get(base, ()))),
         )
-        self._plans[event_type] = plan
         return plan
-
-    def _check_not_frozen(self, method: str, /) -> None:
-        if self._frozen:
-            raise RegistryFrozenError(
-                f"{self!r} is frozen and cannot {method}; "
-                f"bind and merge everything before calling freeze()"
-            )
-
-
-def _merge_into(
-    table: dict[type, tuple[type[_T], ...]],
-    other: dict[type, tuple[type[_T], ...]],
-    kind: str,
-    /,
-) -> None:
-    for event_type, added in other.items():
-        bound = table.get(event_type, ())
-        seen = set(bound)
-        for cls in added:
-            if cls in seen:
-                raise DuplicateHandlerError(
-                    f"{kind} {cls.__qualname__} is bound to {event_type.__qualname__} in more "
-                    f"than one merged registry; bind it in one of them only"
-                )
-        table[event_type] = (*bound, *added)
-
-
-def _check_count(name: str, value: object, /, *, or_none: bool = False) -> None:
-    # bool is an int subclass, but `max_depth=True` is a mistake, never a limit.
-    if isinstance(value, bool) or not isinstance(value, int):
-        expected = "a positive int or None" if or_none else "a positive int"
-        raise TypeError(f"{name} must be {expected}; got {value!r}")
-    if value < 1:
-        fix = "; pass None for no limit" if or_none else ""
-        raise ValueError(f"{name} must be at least 1; got {value!r}{fix}")
 
 
 def _check_fail_fast(fail_fast: object, /) -> None:
     if not isinstance(fail_fast, bool):
-        raise TypeError(f"fail_fast must be True or False; got {fail_fast!r}")
+        raise TypeError(f"fail_fast must be True or False; got {reprlib.repr(fail_fast)}")
 
 
-# The chain of event types that led to the publish running in this context, the newest last: the
-# follow-ups of a handler and the events it publishes itself extend it; `max_depth` bounds it.
-_chain: contextvars.ContextVar[tuple[type, ...]] = contextvars.ContextVar(
-    "mediator_chain", default=()
-)
-
-
-def _current_task() -> "asyncio.Task[Any]":
-    task = asyncio.current_task()
-    if task is None:
-        raise RuntimeError("publish runs in an asyncio task; await it from a coroutine asyncio runs")
-    return task
-
-
-def _take(handler: object, events: Any, /) -> list[IEvent]:
-    # The follow-ups that a handler left in `events`, taken right after its `handle` returned.
-    # A list is emptied, so that a handler object used again never has one published twice.
-    taken: list[IEvent] = list(events)
-    for event in taken:
-        if getattr(type(event), "__mediator_event__", None) is not True:
-            raise TypeError(
-                f"handler {type(handler).__qualname__} left {event!r} in its events, which is not "
-                f"an event; leave instances of event classes there"
-            )
-    if isinstance(events, list):
-        events.clear()
-    return taken
-
-
-def _discard(handler: object, /) -> None:
-    # A failed handler's follow-ups are never published; a list is emptied for its next call.
-    events = getattr(handler, "events", None)
-    if isinstance(events, list):
-        events.clear()
-
-
-def _failures(
-    event: object, errors: Sequence[BaseException], count: int, /
-) -> BaseExceptionGroup[BaseException]:
-    # BaseExceptionGroup(...) makes an ExceptionGroup when every error is an Exception.
-    event_type = type(event).__qualname__
-    return BaseExceptionGroup(f"{len(errors)} of {count} handlers of {event_type} failed", errors)
-
-
-def _outcome(
-    event: object, count: int, errors: Sequence[BaseException], bare: BaseException | None, /
-) -> BaseException:
-    # What a failed publish raises: `bare` itself, the other errors chained to it as its cause,
-    # or, with nothing to raise bare, every error in one group.
-    others = [error for error in errors if error is not bare]
-    if bare is None:
-        return _failures(event, others, count)
-    if others:
-        group = _failures(event, others, count)
-        # A cause that `bare` already had stays reachable, as the cause of the group.
-        group.__cause__, bare.__cause__ = bare.__cause__, group
-    return bare
+def _check_count(name: str, value: object, fix: str = "", /) -> None:
+    # bool is an int subclass, but `max_depth=True` is a mistake, never a limit.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int; got {reprlib.repr(value)}{fix}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1; got {value!r}{fix}")
 
 
 def _ends(error: BaseException, /) -> bool:
@@ -564,68 +437,31 @@ def _ends(error: BaseException, /) -> bool:
     return not isinstance(error, Exception) or isinstance(error, ChainLimitError)
 
 
-async def _landed(event: object, /) -> asyncio.CancelledError:
-    # The caller was cancelled, yet no CancelledError came out of the handlers: one of them
-    # swallowed it, or it is still pending. One loop turn lands a pending one; else it is made.
-    try:
-        await asyncio.sleep(0)
-    except asyncio.CancelledError as cancelled:
-        return cancelled
-    return asyncio.CancelledError(
-        f"the caller was cancelled while a handler of {type(event).__qualname__} swallowed it"
-    )
-
-
-async def _run_in_order(
-    handlers: Sequence[IEventHandler[_EventT]],
-    event: _EventT,
-    fail_fast: bool,
-    follow_ups: list[IEvent] | None,
-    task: "asyncio.Task[Any]",
-    before: int,
-    /,
-) -> None:
-    # What SequentialEventPublisher does in `task`, the caller's, whose cancelling() count was
-    # `before` when the publish began; follow-ups are taken into `follow_ups` when it is a list.
-    errors: list[BaseException] = []
-    bare: BaseException | None = None
-    try:
-        for handler in handlers:
-            try:
-                await handler.handle(event)
-                if follow_ups is not None and (events := getattr(handler, "events", None)):
-                    follow_ups += _take(handler, events)
-            except BaseException as error:
-                _discard(handler)
-                errors.append(error)
-                if fail_fast or _ends(error):
-                    bare = error
-            if task.cancelling() > before:
-                if not isinstance(bare, asyncio.CancelledError):
-                    bare = await _landed(event)
-                break
-            if bare is not None:
-                break
-        if errors or bare is not None:
-            raise _outcome(event, len(handlers), errors, bare)
-    finally:
-        # Each error's traceback holds this frame: keeping them here would make a cycle.
-        errors.clear()
-        bare = None
+def _outcome(
+    event: object, count: int, errors: Sequence[BaseException], bare: BaseException | None, /
+) -> BaseException:
+    # What a failed publish raises: `bare` itself, with the other errors in a group as its cause,
+    # or, with nothing to raise bare, that group (an ExceptionGroup if all are Exceptions).
+    others = [error for error in errors if error is not bare]
+    if not others and bare is not None:
+        return bare
+    message = f"{len(others)} of {count} handlers of {type(event).__qualname__} failed"
+    group = BaseExceptionGroup(message, others)
+    if bare is None:
+        return group
+    # A cause that `bare` already had stays reachable, as the cause of the group.
+    group.__cause__, bare.__cause__ = bare.__cause__, group
+    return bare
 
 
 @final
 class SequentialEventPublisher:
     """Runs the handlers one after another, in bind order, in the caller's task: the default.
 
-    With `fail_fast=True` the first exception propagates unchanged and no later handler runs.
-    With `fail_fast=False` every handler runs; then, if any raised an `Exception`, one
-    `ExceptionGroup` holds those exceptions in handler order. What is not an `Exception`
-    (`CancelledError`, `KeyboardInterrupt`, `SystemExit`...), and a `ChainLimitError`, ends the
-    publish at once under both settings and propagates bare, with the exceptions collected
-    before it chained as its `__cause__`. Once the caller is cancelled no further handler
-    starts, and a `CancelledError` reaches the caller even when a handler swallowed the
-    cancellation or raised something else instead (chained as its cause).
+    With `fail_fast=True` the first exception propagates unchanged and no later handler runs;
+    with `fail_fast=False` every handler runs, then one `ExceptionGroup` holds the exceptions in
+    handler order. What is not an `Exception`, and a `ChainLimitError`, ends the publish at once
+    and propagates bare, the exceptions collected before it chained as its `__cause__`.
     """
 
     __slots__ = ("_fail_fast",)
@@ -644,181 +480,101 @@ class SequentialEventPublisher:
 
     async def __call__(self, handlers: Sequence[IEventHandler[_EventT]], event: _EventT, /) -> None:
         """Run `handlers` on `event`, one after another."""
-        task = _current_task()
-        await _run_in_order(handlers, event, self._fail_fast, None, task, task.cancelling())
+        errors: list[BaseException] | None = None
+        for handler in handlers:
+            try:
+                await handler.handle(event)
+            except BaseException as error:
+                if self._fail_fast:
+                    raise
+                errors = [*(errors or ()), error]
+                if _ends(error):
+                    break
+        if errors:
+            try:
+                bare = errors[-1] if _ends(errors[-1]) else None
+                raise _outcome(event, len(handlers), errors, bare)
+            finally:
+                errors.clear()  # each error's traceback holds this frame: a cycle otherwise
+                bare = None
 
 
-# What a group publisher raises bare rather than in a group: asyncio and the interpreter act on
-# the first three, which a group would hide from them, and a ChainLimitError is about the whole
-# chain: bare at every level of it, it is what the caller sees, however deep the chain.
+# Raised bare by a group publisher: asyncio and the interpreter act on the first three, which a
+# group would hide, and a ChainLimitError is about the whole chain.
 _BARE = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, ChainLimitError)
 
 
 @final
 class _Group:
-    # One publish under GroupEventPublisher: the handler that comes next, what failed, and whom
-    # to cancel when the publish ends early. Child tasks never fail, so the TaskGroup never
-    # cancels the caller: it only starts, cancels and awaits the children.
-    __slots__ = (
-        "_handlers",
-        "_event",
-        "_fail_fast",
-        "_taken",
-        "_next",
-        "_stopped",
-        "_errors",
-        "_tasks",
-        "_caller",
-        "_before",
-        "_caller_busy",
-        "_caller_cancelled",
-    )
+    # One call of GroupEventPublisher. Workers keep errors here and never fail, so that the
+    # TaskGroup never cancels the caller (which 3.11's then leaves cancelled).
+    __slots__ = ("_event", "_fail_fast", "_pending", "_errors", "_workers", "_stopped")
 
     def __init__(
-        self,
-        handlers: Sequence[IEventHandler[_EventT]],
-        event: _EventT,
-        fail_fast: bool,
-        take: bool,
-        caller: "asyncio.Task[Any]",
-        before: int,
-        /,
+        self, handlers: Sequence[IEventHandler[Any]], event: IEvent, fail_fast: bool, /
     ) -> None:
-        self._handlers: Sequence[IEventHandler[Any]] = handlers
-        self._event: IEvent = event
+        self._event = event
         self._fail_fast = fail_fast
-        # The follow-ups taken, by the index of the handler that left them; None: take none.
-        self._taken: list[tuple[int, list[IEvent]]] | None = [] if take else None
-        self._next = 0
-        self._stopped = False
+        # Shared by the workers, so that each handler starts once, in bind order.
+        self._pending: Iterator[tuple[int, IEventHandler[Any]]] = iter(enumerate(handlers))
         self._errors: list[tuple[int, BaseException]] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._caller = caller
-        self._before = before
-        self._caller_busy = False
-        self._caller_cancelled = False
+        self._workers: list[asyncio.Task[None]] = []
+        self._stopped = False
 
-    async def run(self, max_concurrency: int | None, /) -> list[IEvent] | None:
-        # Run the handlers; raise what failed, or return the follow-ups in handler order.
-        count = len(self._handlers)
-        workers = count if max_concurrency is None else min(max_concurrency, count)
-        cancelled: asyncio.CancelledError | None = None
-        ordered: list[BaseException] = []
+    async def run(self, count: int, workers: int, /) -> None:
         try:
             try:
                 if workers == 1:
-                    await self._work_in_caller()
+                    await self._work(count)  # no sibling can need to cancel it: the caller's task
                 else:
+                    # As many workers as handlers take one each, so that each has a context of
+                    # its own even when it never suspends; fewer take turns.
+                    turns = 1 if workers == count else count
                     async with asyncio.TaskGroup() as group:
-                        if max_concurrency is None:
-                            for index in range(count):
-                                self._tasks.append(group.create_task(self._run_one(index)))
-                        else:
-                            for _ in range(workers - 1):
-                                self._tasks.append(group.create_task(self._work()))
-                            await self._work_in_caller()
+                        for _ in range(workers):
+                            self._workers.append(group.create_task(self._work(turns)))
+            except asyncio.CancelledError as cancelled:
+                raise self._failure(count, cancelled)
+            if self._errors:
+                raise self._failure(count, None)
+        finally:
+            self._errors.clear()  # their tracebacks hold the workers' frames, which hold this
+            self._workers.clear()
+
+    def _failure(self, count: int, cancelled: asyncio.CancelledError | None, /) -> BaseException:
+        errors = [error for _, error in sorted(self._errors, key=lambda pair: pair[0])]
+        bare = cancelled or next((error for error in errors if isinstance(error, _BARE)), None)
+        return _outcome(self._event, count, errors, bare)
+
+    async def _work(self, turns: int, /) -> None:
+        # Start up to `turns` handlers, one after another, until a failure ends the call.
+        for index, handler in itertools.islice(self._pending, turns):
+            if self._stopped:
+                return
+            try:
+                await handler.handle(self._event)
             except asyncio.CancelledError as error:
-                cancelled = error
-            if cancelled is None and self._caller.cancelling() > self._before:
-                cancelled = await _landed(self._event)
-            if cancelled is None and not self._errors:
-                if not self._taken:
-                    return None
-                by_handler = sorted(self._taken, key=lambda pair: pair[0])
-                return [event for _, taken in by_handler for event in taken]
-            if cancelled is None:
-                cancelled_or_bare = next(
-                    (error for _, error in self._errors if isinstance(error, _BARE)), None
-                )
-            else:
-                cancelled_or_bare = cancelled
-            ordered += [error for _, error in sorted(self._errors, key=lambda pair: pair[0])]
-            raise _outcome(self._event, count, ordered, cancelled_or_bare)
-        finally:
-            # The errors' tracebacks hold this frame, and frames that hold this object: keeping
-            # them in either would make a cycle.
-            self._errors.clear()
-            self._tasks.clear()
-            ordered.clear()
-            cancelled = cancelled_or_bare = None
-
-    async def _run_one(self, index: int, /) -> None:
-        # Run handler `index` in a child task, if no failure or cancellation of the caller came
-        # first. A CancelledError while this task is cancelled is the cancellation (the
-        # caller's, or one that a failure sent), not a failure.
-        if self._stopped or self._caller.cancelling() > self._before:
-            return
-        handler = self._handlers[index]
-        try:
-            await handler.handle(self._event)
-            if self._taken is not None and (events := getattr(handler, "events", None)):
-                self._taken.append((index, _take(handler, events)))
-        except BaseException as error:
-            _discard(handler)
-            if not (isinstance(error, asyncio.CancelledError) and _current_task().cancelling()):
+                if _task_cancelled():
+                    raise  # this worker was cancelled, by the caller's cancellation or a failure
                 self._fail(index, error)
-
-    async def _work(self) -> None:
-        # A child worker under max_concurrency: handlers one after another, until it is
-        # cancelled or none is left.
-        task = _current_task()
-        while self._next < len(self._handlers) and not task.cancelling():
-            index = self._next
-            self._next += 1
-            await self._run_one(index)
-
-    async def _work_in_caller(self) -> None:
-        # The caller's share of the handlers, run in its own task. A failure elsewhere cancels
-        # the handler running here by cancelling the caller, and takes that back once it ends.
-        caller, before = self._caller, self._before
-        failure: BaseException | None = None
-        try:
-            while self._next < len(self._handlers) and not self._stopped:
-                index = self._next
-                self._next += 1
-                handler = self._handlers[index]
-                self._caller_busy = True
-                try:
-                    await handler.handle(self._event)
-                    if self._taken is not None and (events := getattr(handler, "events", None)):
-                        self._taken.append((index, _take(handler, events)))
-                except BaseException as error:
-                    _discard(handler)
-                    failure = error
-                finally:
-                    self._caller_busy = False
-                sent = self._caller_cancelled
-                if sent:
-                    self._caller_cancelled = False
-                    caller.uncancel()
-                if caller.cancelling() > before:
-                    if failure is not None and not isinstance(failure, asyncio.CancelledError):
-                        self._fail(index, failure)
-                        failure = None
-                    raise failure or await _landed(self._event)
-                if failure is not None and not (sent and isinstance(failure, asyncio.CancelledError)):
-                    self._fail(index, failure)
-                failure = None
-        finally:
-            failure = None
+            except BaseException as error:
+                self._fail(index, error)
 
     def _fail(self, index: int, error: BaseException, /) -> None:
         self._errors.append((index, error))
-        if self._fail_fast or _ends(error):
-            self._stop()
+        if (self._fail_fast or _ends(error)) and not self._stopped:
+            self._stopped = True
+            current = asyncio.current_task()
+            for worker in self._workers:
+                if worker is not current:
+                    worker.cancel()
 
-    def _stop(self) -> None:
-        # End the publish early: no handler starts any more, and the running ones are cancelled.
-        if self._stopped:
-            return
-        self._stopped = True
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
-        if self._caller_busy and current is not self._caller:
-            self._caller_cancelled = True
-            self._caller.cancel()
+
+def _task_cancelled() -> bool:
+    # Asked by a worker, whose frame must not hold its task: the task keeps the CancelledError
+    # it ends with, whose traceback holds the frame, and a cycle would keep both alive.
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 @final
@@ -827,37 +583,28 @@ class GroupEventPublisher:
 
         publisher = GroupEventPublisher(max_concurrency=8, fail_fast=False)
 
-    Handlers start in bind order, each in a child task with a copy of the caller's context. With
-    `fail_fast=True` the first failure cancels the running handlers and no other starts; with
-    `fail_fast=False` every handler runs to its end, unless one raises what is not an
-    `Exception`, or a `ChainLimitError`, which ends the publish as a failure does. Failures then
-    propagate as one exception group, even a single one, so that `except*` always works: an
-    `ExceptionGroup` (a `BaseExceptionGroup` if a `BaseException` is among them), in handler
-    order. A `CancelledError` (the caller's, or a handler's own), `KeyboardInterrupt`,
-    `SystemExit` and `ChainLimitError` propagate bare instead, the other failures chained as
-    their `__cause__`. Cancelling the caller cancels every running handler and starts no other;
-    no task started outlives the call, and the caller's `cancelling()` is left as it was.
-
-    The caller's task runs handlers itself only as a worker: for a lone handler, and under
-    `max_concurrency=k`, where k workers (the caller's task and k - 1 child tasks) take the
-    handlers one after another, in bind order. The handlers it runs see and set the caller's
-    context, as under the sequential publisher.
+    Handlers start in bind order: each in a child task of its own with no limit, in k child
+    tasks that take turns under `max_concurrency=k`, in the caller's task when it runs alone.
+    With `fail_fast=True` the first failure cancels the running handlers and no other starts;
+    with `fail_fast=False` each runs to its end, unless one raises what is not an `Exception`,
+    or a `ChainLimitError`. Failures propagate as one exception group, in handler order, even a
+    single one; a `CancelledError`, `KeyboardInterrupt`, `SystemExit` or `ChainLimitError` bare,
+    the others chained as its `__cause__`. Cancelling the caller cancels every handler; no task
+    outlives the call, and the caller's task is never cancelled or uncancelled by it.
     """
 
     __slots__ = ("_max_concurrency", "_fail_fast")
 
     def __init__(self, max_concurrency: int | None = None, *, fail_fast: bool = True) -> None:
         if max_concurrency is not None:
-            _check_count("max_concurrency", max_concurrency, or_none=True)
+            _check_count("max_concurrency", max_concurrency, "; pass None for no limit")
         _check_fail_fast(fail_fast)
         self._max_concurrency = max_concurrency
         self._fail_fast = fail_fast
 
     def __repr__(self) -> str:
-        return (
-            f"GroupEventPublisher(max_concurrency={self._max_concurrency}, "
-            f"fail_fast={self._fail_fast})"
-        )
+        limit = self._max_concurrency
+        return f"GroupEventPublisher(max_concurrency={limit}, fail_fast={self._fail_fast})"
 
     @property
     def max_concurrency(self) -> int | None:
@@ -871,17 +618,9 @@ class GroupEventPublisher:
 
     async def __call__(self, handlers: Sequence[IEventHandler[_EventT]], event: _EventT, /) -> None:
         """Run `handlers` on `event` concurrently."""
-        task = _current_task()
-        group = _Group(handlers, event, self._fail_fast, False, task, task.cancelling())
-        await group.run(self._max_concurrency)
-
-
-def _refuse_a_class(event: object, /) -> None:
-    if isinstance(event, type):
-        raise TypeError(
-            f"publish takes an event instance; got the class {event.__qualname__}; "
-            f"publish {event.__qualname__}(...) instead"
-        )
+        count = len(handlers)
+        workers = min(count, self._max_concurrency or count)
+        await _Group(handlers, event, self._fail_fast).run(count, workers)
 
 
 @final
@@ -892,23 +631,22 @@ class RecordingPublisher:
         await checkout(cart, publisher=recorder)
         assert recorder.published == (OrderPlaced(order_id=7),)
 
-    Given a publisher, a `Mediator` say, it forwards each event there after recording it, so
-    that the handlers run too; an event stays recorded whatever its handlers raised.
+    Given a publisher to `forward` to, a `Mediator` say, it publishes each event there too.
     """
 
     __slots__ = ("_forward", "_published")
 
-    def __init__(self, forward: IPublisher | None = None, /) -> None:
+    def __init__(self, forward: IPublisher | None = None) -> None:
         if forward is not None and not callable(getattr(forward, "publish", None)):
             raise TypeError(
-                f"RecordingPublisher forwards to an IPublisher; got {forward!r}, which has no "
-                f"publish method; pass a Mediator, or nothing to record only"
+                f"RecordingPublisher forwards to an IPublisher; got {reprlib.repr(forward)}, "
+                f"which has no publish method; pass a Mediator, or nothing to record only"
             )
         self._forward = forward
         self._published: list[IEvent] = []
 
     def __repr__(self) -> str:
-        return f"RecordingPublisher({self._forward!r}, published={len(self._published)})"
+        return f"RecordingPublisher(forward={self._forward!r}, published={len(self._published)})"
 
     @property
     def published(self) -> tuple[IEvent, ...]:
@@ -917,63 +655,133 @@ class RecordingPublisher:
 
     async def publish(self, event: IEvent, /) -> None:
         """Record `event`, then publish it through the publisher given, if any."""
-        _refuse_a_class(event)
+        if not _is_event(event):
+            raise _not_an_event(event)
         self._published.append(event)
         if self._forward is not None:
             await self._forward.publish(event)
 
 
+# The chain of event types that led to the handlers running in this context, the newest last: a
+# follow-up and an event that a handler publishes extend their cause's. `max_depth` bounds it.
+_chain: contextvars.ContextVar[tuple[type, ...]] = contextvars.ContextVar("chain", default=())
+
+
 @final
-class _Chained:
-    # A handler inside its middleware chain, which publishers run like any handler. Its `events`
-    # gathers the handler's follow-ups from each call of it that succeeded.
-    __slots__ = ("_handler", "_middleware", "events")
+class _Caller:
+    # The task that awaits a publish, and how many cancellations it had pending when the publish
+    # began: read once, so that every later check tells one during the publish from one before.
+    __slots__ = ("_task", "_cancelling")
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("publish runs in an asyncio task; await it from a coroutine")
+        self._task = task
+        self._cancelling = task.cancelling()
+
+    def cancelled(self) -> bool:
+        return self._task.cancelling() > self._cancelling
+
+    async def cancellation(self, event: object, /) -> asyncio.CancelledError:
+        # The caller was cancelled, yet no CancelledError came out of the handlers: one of them
+        # swallowed it, or it is still pending. One loop turn lands a pending one; else it is made.
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError as pending:
+            return pending
+        swallowed = f"a handler of {type(event).__qualname__} swallowed the caller's cancellation"
+        return asyncio.CancelledError(swallowed)
+
+
+def _take(handler: object, /) -> tuple[IEvent, ...]:
+    # The follow-ups in the handler's `events`, emptied so that none is published twice: a list
+    # is cleared, a sequence set to () where it can be; a read-only one is the handler's to reset.
+    events = getattr(handler, "events", None)
+    if not events:
+        return ()
+    taken = tuple(events)
+    if isinstance(events, list):
+        events.clear()
+    else:
+        try:
+            setattr(handler, "events", ())
+        except AttributeError:
+            pass
+    follow_ups = tuple(filter(_is_event, taken))
+    if len(follow_ups) < len(taken):
+        stray = next(itertools.filterfalse(_is_event, taken))
+        raise TypeError(f"handler {type(handler).__qualname__} left {reprlib.repr(stray)} in its "
+                        f"events, which is not an event; leave only events there")
+    return follow_ups
+
+
+@final
+class _Call:
+    # A handler as its strategy runs it, and the one place that calls a user's `handle`: it starts
+    # nothing once the caller is cancelled, and keeps the follow-ups of calls that succeeded.
+    __slots__ = ("_handler", "_middleware", "_caller", "follow_ups")
 
     def __init__(
-        self, handler: IEventHandler[Any], middleware: Sequence[IEventMiddleware[Any]], /
+        self, handler: IEventHandler[Any], middleware: list[IEventMiddleware[Any]], caller: _Caller
     ) -> None:
         self._handler = handler
         self._middleware = middleware
-        self.events: list[IEvent] = []
+        self._caller = caller
+        self.follow_ups: tuple[IEvent, ...] = ()
 
     def __repr__(self) -> str:
-        return f"{self._handler!r} in {len(self._middleware)} middleware"
+        return repr(self._handler)
 
-    async def handle(self, event: IEvent, position: int = 0, /) -> None:
-        # The chain from middleware `position` in: a publisher calls it with the event alone.
-        if position < len(self._middleware):
-            await self._middleware[position].handle(
-                event, self._handler, lambda: self.handle(event, position + 1)
-            )
+    async def handle(self, event: IEvent, layer: int = 0, /) -> None:
+        # Middleware `layer`, the rest of the chain as its `call_next`; past the last, the handler.
+        if layer == 0 and self._caller.cancelled():
+            return  # the mediator raises the cancellation once the strategy returns
+        if layer < len(self._middleware):
+            kept = self.follow_ups
+            try:
+                call_next = functools.partial(self.handle, event, layer + 1)
+                await self._middleware[layer].handle(event, self._handler, call_next)
+            except BaseException:
+                self.follow_ups = kept  # drop what the layers inside gathered
+                raise
             return
         handler = self._handler
         try:
             await handler.handle(event)
-        except BaseException:
-            _discard(handler)
+        except BaseException as error:
+            try:
+                _take(handler)  # a failed call's follow-ups are dropped, for a clean next call
+            except Exception as problem:
+                name = type(handler).__qualname__
+                error.add_note(f"emptying the events of {name} raised {problem!r} too")
             raise
-        if events := getattr(handler, "events", None):
-            self.events += _take(handler, events)
+        if getattr(handler, "events", None):
+            self.follow_ups += _take(handler)
+
+
+def _names(chain: tuple[type, ...], /) -> str:
+    names = [event_type.__qualname__ for event_type in chain]
+    if len(names) > 6:
+        names[3:-2] = [f"... ({len(names) - 5} more)"]
+    return " -> ".join(names)
 
 
 @final
-class Mediator(_Plans):
+class Mediator:
     """Publishes events to the handlers that a registry binds to them.
 
         mediator = Mediator(registry, publisher=GroupEventPublisher(max_concurrency=8))
         await mediator.publish(OrderPlaced(order_id=7))
 
     `resolve(cls)` builds each handler and middleware, plain or `async def` (a DI container's
-    `get`); the default calls `cls()` afresh on every publish. A later `bind` or `merge` on the
-    registry takes effect on the next publish. `max_depth` bounds a chain of events, each a
-    follow-up of the one before or published by one of its handlers; `max_follow_ups` bounds
-    the follow-ups of one publish. Both stop a cycle with `ChainLimitError` before anything
-    past the limit runs. A chain of 32 reactions is a workflow engine's job, and nested
-    publishes that deep stay far from the interpreter's recursion limit; 10,000 follow-ups of
-    one event are a batch job's.
+    `get`); the default calls `cls()` on every publish. `max_depth` bounds a chain of events,
+    each a follow-up of the one before or published by one of its handlers; `max_follow_ups`
+    bounds the follow-ups of one publish. Past either, `ChainLimitError` stops a cycle before it
+    runs: 32 reactions in a chain, or 10,000 follow-ups, are a workflow engine's job.
     """
 
-    __slots__ = ("_registry", "_publisher", "_resolve", "_max_depth", "_max_follow_ups", "_inline")
+    __slots__ = ("_registry", "_publisher", "_resolve", "_max_depth", "_max_follow_ups")
 
     def __init__(
         self,
@@ -986,199 +794,107 @@ class Mediator(_Plans):
         max_follow_ups: int = 10_000,
     ) -> None:
         _check_registry(registry, "Mediator")
-        if isinstance(publisher, type):
-            name = publisher.__qualname__
-            raise TypeError(f"publisher {name} is a class; pass an instance such as {name}()")
-        if not callable(publisher):
-            raise TypeError(
-                f"publisher {publisher!r} is not callable; pass an EventPublisher such as "
-                f"SequentialEventPublisher() or GroupEventPublisher()"
-            )
-        if resolve is not None and not callable(resolve):
-            raise TypeError(
-                f"resolve {resolve!r} is not callable; pass a function that takes a class and "
-                f"returns (or awaits to) an instance of it"
-            )
+        name = publisher.__qualname__ if isinstance(publisher, type) else None
+        if name or not callable(publisher):
+            got, such = (name, f"{name}()") if name else (reprlib.repr(publisher), "a publisher")
+            raise TypeError(f"publisher {got} is not an EventPublisher instance; pass {such}")
+        if not callable(resolve or operator.call):
+            raise TypeError(f"resolve {reprlib.repr(resolve)} is not callable; pass a function")
         _check_count("max_depth", max_depth)
         _check_count("max_follow_ups", max_follow_ups)
-        super().__init__(registry._plans)
-        self._registry = registry
-        self._publisher = publisher
-        self._resolve = resolve
-        self._max_depth = max_depth
-        self._max_follow_ups = max_follow_ups
-        self._inline = (
-            resolve is None and type(publisher) is SequentialEventPublisher and publisher.fail_fast
-        )
+        self._registry, self._publisher = registry, publisher
+        # `cls()`, with no frame of ours around it: it runs for every handler of every publish.
+        self._resolve: Callable[[type[Any]], object] = operator.call if resolve is None else resolve
+        self._max_depth, self._max_follow_ups = max_depth, max_follow_ups
 
     def __repr__(self) -> str:
+        resolve = "" if self._resolve is operator.call else f", resolve={self._resolve!r}"
         return (
-            f"Mediator({self._registry!r}, publisher={self._publisher!r}, "
-            f"resolve={self._resolve!r}, max_depth={self._max_depth}, "
-            f"max_follow_ups={self._max_follow_ups})"
+            f"Mediator({self._registry!r}, publisher={self._publisher!r}{resolve}, "
+            f"max_depth={self._max_depth}, max_follow_ups={self._max_follow_ups})"
         )
 
     async def publish(self, event: IEvent, /) -> None:
         """Build every handler of `event`, run them with the publisher, then the follow-ups.
 
-        If building a handler raises, no handler runs and the error propagates. With no handlers
-        it returns at once. Follow-ups are the events that handlers leave in their `events`,
-        taken as each `handle` returns: once every handler of an event succeeded, its follow-ups
-        are published, breadth first, in the order of the handlers that left them; a failure
-        publishes none and ends the publish. `ChainLimitError` when a chain goes past the
-        limits; `TypeError` for an event class instead of an event.
+        Every handler is built before any runs. Once all of an event's handlers succeeded, the
+        follow-ups they left are published, breadth first, in handler order. Once the caller is
+        cancelled no handler starts, and a `CancelledError` reaches it even if a handler
+        swallowed it. `TypeError` for what is not an event.
         """
-        plan = self._plans.get(type(event))
-        if plan is None:
-            plan = self._plan_of(event)
-        handler_types, middleware_types = plan
-        if not handler_types:
-            return
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("publish runs in an asyncio task; await it from a coroutine")
-        before = task.cancelling()
         try:
-            if self._inline and not middleware_types:
-                # Measured: the default publisher's loop, run here rather than behind a call
-                # that costs a coroutine, keeps publish near a hand-written loop's cost. It
-                # leaves the chain as it is: its errors propagate unchanged, and a handler that
-                # publishes again recurses on this task's own stack, whose limit stops it.
-                follow_ups: list[IEvent] | None = None
-                handlers = [handler_type() for handler_type in handler_types]
-                for handler in handlers:
-                    try:
-                        await handler.handle(event)
-                        if events := getattr(handler, "events", None):
-                            follow_ups = (follow_ups or []) + _take(handler, events)
-                    except BaseException:
-                        _discard(handler)
-                        raise
-                    if task.cancelling() > before:
-                        raise await _landed(event)
-                if follow_ups:
-                    chain = (*_chain.get(), type(event))
-                    await self._publish_follow_ups(follow_ups, chain, task, before)
-            else:
-                chain = (*_chain.get(), type(event))
-                if len(chain) > self._max_depth:
-                    raise self._too_deep(chain)
-                follow_ups = await self._run(event, plan, chain, task, before)
-                if follow_ups:
-                    await self._publish_follow_ups(follow_ups, chain, task, before)
-        except BaseException as error:
-            if task.cancelling() > before and not isinstance(error, asyncio.CancelledError):
-                raise await _landed(event) from error
-            raise
-        if task.cancelling() > before:
-            raise await _landed(event)
+            plan = self._registry.plan_for(type(event))
+        except TypeError:
+            raise _not_an_event(event) from None
+        if not plan[0]:
+            return
+        caller = _Caller()
+        chain = _chain.get() + (type(event),)
+        follow_ups = await self._publish_one(event, plan, chain, caller)
+        if follow_ups:
+            await self._publish_follow_ups(follow_ups, chain, caller)
 
-    def _plan_of(self, event: IEvent, /) -> _Plan:
-        _refuse_a_class(event)
-        self._registry.handlers_for(type(event))
-        return self._plans[type(event)]
-
-    async def _run(
-        self,
-        event: IEvent,
-        plan: _Plan,
-        chain: tuple[type, ...],
-        task: "asyncio.Task[Any]",
-        before: int,
-        /,
-    ) -> list[IEvent] | None:
-        # Build the handlers and middleware of one event, run them, and return its follow-ups.
-        handler_types, middleware_types = plan
-        follow_ups: list[IEvent] = []
-        if self._inline and not middleware_types:
-            # The default publisher's loop, as in publish, where it says why it needs no chain.
-            built = [handler_type() for handler_type in handler_types]
-            await _run_in_order(built, event, True, follow_ups, task, before)
-            return follow_ups
+    async def _publish_one(
+        self, event: IEvent, plan: _Plan, chain: tuple[type, ...], caller: _Caller, /
+    ) -> tuple[IEvent, ...]:
+        # Build an event's handlers and middleware, run them, and return their follow-ups.
+        if len(chain) > self._max_depth:
+            raise ChainLimitError(
+                f"the chain of events {_names(chain)} is {len(chain)} long, past max_depth="
+                f"{self._max_depth}; break the cycle, or pass Mediator a larger max_depth"
+            )
+        resolve, count = self._resolve, len(plan[0])
+        built: list[Any] = []
+        for cls in plan[0] + plan[1]:  # every one, before any runs
+            try:
+                made = resolve(cls)
+            except TypeError as error:
+                if resolve is operator.call:  # `cls()` failed: if for want of arguments, say how
+                    name = cls.__qualname__
+                    error.add_note(f"Mediator builds {name} as {name}(); if it takes arguments, "
+                                   f"pass Mediator(resolve=...) a function that builds it")
+                raise
+            if type(made) is not cls and inspect.isawaitable(made):  # cheaper than inspect alone
+                made = await made
+            built.append(made)
+        middleware = built[count:]
+        calls = [_Call(handler, middleware, caller) for handler in built[:count]]
         token = _chain.set(chain)
         try:
-            resolve = self._resolve
-            if resolve is None:
-                handlers: list[IEventHandler[Any]] = [cls() for cls in handler_types]
-                middleware: list[IEventMiddleware[Any]] = [cls() for cls in middleware_types]
-            else:
-                handlers = await _resolved(resolve, handler_types)
-                middleware = await _resolved(resolve, middleware_types)
-            if middleware:
-                handlers = [_Chained(handler, middleware) for handler in handlers]
-            publisher = self._publisher
-            if type(publisher) is SequentialEventPublisher:
-                await _run_in_order(handlers, event, publisher.fail_fast, follow_ups, task, before)
-                return follow_ups
-            if type(publisher) is GroupEventPublisher:
-                group = _Group(handlers, event, publisher.fail_fast, True, task, before)
-                return await group.run(publisher.max_concurrency)
-            chained = [
-                handler if isinstance(handler, _Chained) else _Chained(handler, ())
-                for handler in handlers
-            ]
-            await publisher(chained, event)
-            return [follow_up for each in chained for follow_up in each.events]
+            await self._publisher(calls, event)
+        except BaseException as error:
+            if caller.cancelled() and not isinstance(error, asyncio.CancelledError):
+                raise await caller.cancellation(event) from error
+            raise
         finally:
             _chain.reset(token)
+        if caller.cancelled():
+            raise await caller.cancellation(event)
+        follow_ups: tuple[IEvent, ...] = ()
+        for call in calls:
+            follow_ups += call.follow_ups
+        return follow_ups
 
     async def _publish_follow_ups(
-        self,
-        follow_ups: list[IEvent],
-        chain: tuple[type, ...],
-        task: "asyncio.Task[Any]",
-        before: int,
-        /,
+        self, follow_ups: tuple[IEvent, ...], chain: tuple[type, ...], caller: _Caller, /
     ) -> None:
-        # Breadth first: every follow-up of one level before any of the next, each level in the
-        # order of the handlers that left them, and each checked against the limits before it runs.
+        # Breadth first: each level of follow-ups in the order of the handlers that left them.
         level = [(follow_up, chain) for follow_up in follow_ups]
-        published = 0
+        published = len(level)
         while level:
-            published += len(level)
             if published > self._max_follow_ups:
+                newest, cause = level[-1]
                 raise ChainLimitError(
-                    f"a publish of {chain[-1].__qualname__} led to more than "
-                    f"max_follow_ups={self._max_follow_ups} follow-up events, the newest along "
-                    f"{_names((*level[-1][1], type(level[-1][0])))}; break the cycle, or pass "
-                    f"a larger max_follow_ups to Mediator"
+                    f"a publish led to more than max_follow_ups={self._max_follow_ups} follow-up "
+                    f"events, the newest along {_names((*cause, type(newest)))}; break the cycle, "
+                    f"or pass Mediator a larger max_follow_ups"
                 )
             next_level: list[tuple[IEvent, tuple[type, ...]]] = []
             for event, cause in level:
-                event_chain = (*cause, type(event))
-                if len(event_chain) > self._max_depth:
-                    raise self._too_deep(event_chain)
-                plan = self._plans.get(type(event))
-                if plan is None:
-                    plan = self._plan_of(event)
-                if not plan[0]:
-                    continue
-                taken = await self._run(event, plan, event_chain, task, before)
-                if taken:
+                plan = self._registry.plan_for(type(event))
+                if plan[0]:
+                    event_chain = (*cause, type(event))
+                    taken = await self._publish_one(event, plan, event_chain, caller)
                     next_level += [(follow_up, event_chain) for follow_up in taken]
-                if task.cancelling() > before:
-                    raise await _landed(event)
+            published += len(next_level)
             level = next_level
-
-    def _too_deep(self, chain: tuple[type, ...], /) -> ChainLimitError:
-        return ChainLimitError(
-            f"the chain of events {_names(chain)} is {len(chain)} long, past "
-            f"max_depth={self._max_depth}: each is a follow-up of the one before or published "
-            f"by one of its handlers; break the cycle, or pass a larger max_depth to Mediator"
-        )
-
-
-async def _resolved(resolve: Resolve, classes: Sequence[type[_T]], /) -> list[_T]:
-    # An instance of each class, built by `resolve` one after another: plain, or awaited.
-    built: list[_T] = []
-    for cls in classes:
-        made = resolve(cls)
-        if inspect.isawaitable(made):
-            built.append(await made)
-        else:
-            built.append(made)
-    return built
-
-
-def _names(chain: tuple[type, ...], /) -> str:
-    return " -> ".join(event_type.__qualname__ for event_type in chain)
