@@ -3771,6 +3771,7 @@ def checker_command(checker: str, files: list[str]) -> list[str]:
     """The command that runs `checker` in its strict mode on `files`, or skips the test."""
     if checker == "mypy":
         mypy = [sys.executable, "-m", "mypy", "--strict", "--warn-unused-ignores"]
+        mypy += ["--explicit-package-bases"]  # files in packages are named by their path
         return [*mypy, "--python-version", "3.11", "--no-error-summary", *files]
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     executable = shutil.which(checker, path=path)
@@ -3797,12 +3798,12 @@ def parse_errors(checker: str, output: str) -> dict[str, set[int]]:
                 errors.setdefault(Path(diagnostic["file"]).name, set()).add(line)
         return errors
     pattern = {
-        "mypy": r"^(?P<file>[\w.]+):(?P<line>\d+): error:",
-        "pyrefly": r"^ERROR (?P<file>[\w.]+):(?P<line>\d+):",
-        "ty": r"^(?P<file>[\w.]+):(?P<line>\d+):\d+: error",
+        "mypy": r"^(?P<file>[\w./-]+):(?P<line>\d+): error:",
+        "pyrefly": r"^ERROR (?P<file>[\w./-]+):(?P<line>\d+):",
+        "ty": r"^(?P<file>[\w./-]+):(?P<line>\d+):\d+: error",
     }[checker]
     for match in re.finditer(pattern, output, re.M):
-        errors.setdefault(match["file"], set()).add(int(match["line"]))
+        errors.setdefault(Path(match["file"]).name, set()).add(int(match["line"]))
     return errors
 
 

@@ -64,7 +64,7 @@ class TimeoutPerHandler:
     `fail_fast=False` and under `GroupEventPublisher`. A cancellation of the caller stays a
     `CancelledError`, and an `asyncio.timeout` around the publish still raises `TimeoutError` when
     it expires: `asyncio.timeout` tells its own cancellation from the others. A handler that never
-    awaits cannot be interrupted.
+    awaits cannot be interrupted. Subclass it with another `default` to change that one.
     """
 
     __slots__ = ()
@@ -84,10 +84,11 @@ class Isolated:
 
     The other handlers run, and the event's follow-ups are published: those of the handlers that
     succeeded, not those of the one that failed. The caller never learns of the failure, only the
-    log does: isolate handlers whose work may be lost (a notification), not ones it must not be.
-    What is not an `Exception` (a `CancelledError`, `KeyboardInterrupt`, `SystemExit`) goes
-    through, and so does a `ChainLimitError`: a runaway chain is a bug in the bindings, not one
-    handler's bad day. Bound outside `TimeoutPerHandler`, it logs a handler that overran too.
+    log does: isolate a handler whose work may be lost, a notification say, never one whose work
+    must happen. What is not an `Exception` (a `CancelledError`, `KeyboardInterrupt`,
+    `SystemExit`) goes through, and so does a `ChainLimitError`: a runaway chain is a bug in the
+    bindings, not one handler's bad day. Bound outside `TimeoutPerHandler`, it logs a handler
+    that overran too.
     """
 
     __slots__ = ()
@@ -140,7 +141,8 @@ class UnitOfWork:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        events, self._events = self._events, []  # taken now, so that none is published twice
+        events = self._events
+        self._events = []  # taken now, so that none is published twice
         async with self.session:  # closes it on the way out, rolling back what did not commit
             if error is not None:
                 return  # the block failed: what it recorded did not happen

@@ -25,7 +25,7 @@ from examples.shop_api import (
     create_app,
     open_shop,
 )
-from mediator import EventPublisher, GroupEventPublisher, SequentialEventPublisher
+from mediator import EventPublisher, GroupEventPublisher, IEventHandler, SequentialEventPublisher
 
 ROOT = Path(__file__).resolve().parent.parent
 Body = dict[str, str | int]
@@ -222,7 +222,11 @@ def test_sqlalchemy_notices_a_session_shared_by_concurrent_handlers_only_while_i
             async with AsyncSession(engine) as session:
                 if place_the_order_first:
                     await Order.place(session, "ada", "mug", 1)
-                handlers = [ReserveStock(session), ChargeCustomer(), SendConfirmation(session)]
+                handlers: list[IEventHandler[OrderPlaced]] = [
+                    ReserveStock(session),
+                    ChargeCustomer(),
+                    SendConfirmation(session),
+                ]
                 event = OrderPlaced(order_id=1, customer="ada", sku="mug", quantity=1)
                 await GroupEventPublisher(fail_fast=False)(handlers, event)
         finally:

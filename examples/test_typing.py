@@ -19,3 +19,5 @@ def test_checker_finds_no_error_in_the_examples_and_their_benchmark(checker: str
         checker_command(checker, files), cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert parse_errors(checker, done.stdout) == {}, done.stdout + done.stderr
+    # A checker that stopped before it checked anything reports no error lines either.
+    assert done.returncode == 0, done.stdout + done.stderr
